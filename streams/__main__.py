@@ -1,0 +1,36 @@
+"""`python -m streams ...` (console script `llm-classify`).
+
+Local commands (`demo`, `broker`, `serve-model`, `synthetic-model`) run without the service config;
+everything else (`worker`, ...) is Faust's own command line on the configured app.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from streams.errors import ConfigError
+
+LOCAL_COMMANDS = {
+    "demo": "streams.localdev.demo",
+    "broker": "streams.localdev.broker",
+    "serve-model": "streams.localdev.model_server",
+    "synthetic-model": "streams.localdev.synthetic_model",
+}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in LOCAL_COMMANDS:
+        import importlib
+
+        module = importlib.import_module(LOCAL_COMMANDS[sys.argv[1]])
+        sys.exit(module.main(sys.argv[2:]))
+    try:
+        from streams.app import app
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The Faust application: settings, topics, and agent discovery. `python -m streams worker` runs it.
+
+Configuration is read and validated on import, so a worker with a bad environment or task file
+stops before it joins a consumer group, with a message that names what to fix.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from streams.settings import Settings
+from streams.tasks import load_tasks
+from streams.topics import ensure_topics
+
+settings = Settings.from_env()
+tasks = load_tasks(settings.tasks_file)
+
+
+class ClassifyApp(faust.App):
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        # Before the consumer subscribes, so no topic is auto-created with the broker's default count.
+        await ensure_topics(settings)
+
+
+app = ClassifyApp(
+    settings.app_id,
+    broker=settings.broker,
+    autodiscover=["streams.classify"],
+    origin="streams",
+    datadir=str(settings.data_dir),
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_host=settings.web_host,
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=max(settings.session_timeout_s / 10, 0.5),
+    broker_request_timeout=max(settings.session_timeout_s + 10, 40),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication,
+    producer_acks=-1,
+    producer_linger=0.005,
+    consumer_auto_offset_reset="earliest",
+    stream_wait_empty=True,
+    broker_commit_every=1000,
+    broker_commit_interval=1.0,
+)
+
+
+def _topic(logical: str) -> faust.TopicT:
+    return app.topic(
+        settings.topic(logical),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+        replicas=settings.replication,
+    )
+
+
+#: The service's topics by logical name; payloads are raw bytes, parsed by the pure modules.
+topics: dict[str, faust.TopicT] = {logical: _topic(logical) for logical in settings.topics}

@@ -1,0 +1,96 @@
+"""The classify agent: requests in, one result / review item / dead letter out per request.
+
+Thin wiring around `Classifier` (what to emit) and `InOrderRelease` (when an offset is safe to commit).
+Up to STREAMS_MAX_IN_FLIGHT requests are processed at once; an event is acked, and so becomes
+committable, only after its output and the outputs of every earlier event on its partition have been
+acknowledged by the broker. A crash before that replays the message: at-least-once, idempotent by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from faust.types import EventT, StreamT
+
+from streams.app import app, settings, tasks, topics
+from streams.classify.inflight import InOrderRelease
+from streams.classify.model_client import ModelClient
+from streams.classify.records import Source
+from streams.classify.service import Classifier, Output
+
+log = logging.getLogger(__name__)
+
+classifier = Classifier(
+    tasks,
+    ModelClient(settings.model_timeout_s, settings.model_max_retries),
+    settings.max_text_chars,
+    settings.deadletter_excerpt_bytes,
+)
+#: Outputs by destination, for the periodic progress log (and later the metrics endpoint).
+counts: Counter[str] = Counter()
+
+
+async def publish(output: Output) -> None:
+    """Send and wait for the broker's acknowledgement; retry forever rather than lose a record."""
+    delay = 0.1
+    while True:
+        try:
+            fut = await topics[output.topic].send(key=output.key, value=output.value)
+            await fut
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("publishing to %s failed (%r); retrying in %.1fs", output.topic, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class InFlight:
+    """Bounded concurrency with in-order acks, for one agent instance."""
+
+    def __init__(self, limit: int) -> None:
+        self.slots = asyncio.Semaphore(limit)
+        self.release: InOrderRelease[EventT] = InOrderRelease()
+        self.running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, event: EventT) -> None:
+        await self.slots.acquire()  # back-pressure: stop reading when the window is full
+        msg = event.message
+        self.release.add(msg.tp, msg.offset, event)
+        task = asyncio.create_task(self._handle(event))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def _handle(self, event: EventT) -> None:
+        msg = event.message
+        try:
+            output = await classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
+            await publish(output)
+            counts[output.topic] += 1
+        finally:
+            self.slots.release()
+        for done in self.release.done(msg.tp, msg.offset):
+            done.ack()
+
+
+@app.agent(topics["requests"], name="classify")
+async def classify(stream: StreamT) -> None:
+    inflight = InFlight(settings.max_in_flight)
+    try:
+        async for event in stream.noack().events():
+            await inflight.submit(event)
+    finally:
+        for task in inflight.running:
+            task.cancel()  # unacked work is replayed after restart
+
+
+@app.timer(interval=10.0)
+async def progress() -> None:
+    try:  # an exception inside a Faust timer stops the worker
+        if counts:
+            log.info("classified so far: %s", dict(counts))
+    except Exception:
+        log.exception("progress timer failed")

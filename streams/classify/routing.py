@@ -1,0 +1,29 @@
+"""Where an item goes: auto-accepted to results, or to a person. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Why an item went to review (mirrored in schemas/review_item.schema.json).
+REVIEW_REASONS = ("low_confidence", "low_label_mass", "no_logprobs", "model_error")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    decision: str  # "auto" | "review"
+    reason: str | None
+    label_index: int  # -1 when no label can be named
+
+
+def route(calibrated: np.ndarray | None, label_mass: float, threshold: float, min_label_mass: float) -> Route:
+    """Never guess: missing logprobs or a low label mass go to review before confidence is even read."""
+    if calibrated is None:
+        return Route("review", "no_logprobs", -1)
+    if label_mass < min_label_mass or not calibrated.any():
+        return Route("review", "low_label_mass", int(np.argmax(calibrated)) if calibrated.any() else -1)
+    best = int(np.argmax(calibrated))
+    if calibrated[best] < threshold:
+        return Route("review", "low_confidence", best)
+    return Route("auto", None, best)

@@ -1,0 +1,199 @@
+"""The main job on embedded defaults: broker + local model + worker + sample traffic, results live.
+
+`python -m streams demo` starts Tansu and the Gemma model server, starts a real worker
+(`python -m streams worker`) against them, publishes Rotten Tomatoes snippets (true label in
+`metadata`) plus a few malformed requests, prints every output as it arrives, and ends with a
+summary: throughput, accuracy against the known labels, review rate, dead letters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.localdev.broker import EmbeddedBroker
+from streams.localdev.model_server import LocalModelServer
+from streams.localdev.processes import ChildProcess, free_port
+from streams.localdev.sample_data import load_reviews
+from streams.settings import Settings
+from streams.tasks import load_tasks
+from streams.topics import ensure_topics
+
+TASK = "movie_sentiment"
+
+#: Requests a careless producer might send; each must come back as a dead letter with this type.
+MALFORMED: list[tuple[str, bytes]] = [
+    ("invalid_json", b'{"id": "bad-json", "task": "movie_sentiment", "text": "unterminated'),
+    ("invalid_utf8", b'{"id": "bad-utf8", "task": "movie_sentiment", "text": "\xff\xfe"}'),
+    ("unknown_task", orjson.dumps({"id": "bad-task", "task": "no_such_task", "text": "hello"})),
+    ("missing_field", orjson.dumps({"id": "bad-missing", "task": TASK})),
+    ("text_too_long", orjson.dumps({"id": "bad-long", "task": TASK, "text": "x" * 30_000})),
+]
+
+
+def _short(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class Tally:
+    """What arrived, for the live lines and the summary."""
+
+    def __init__(self, expected_ids: set[str], expected_dead: int, truth: dict[str, str]) -> None:
+        self.expected = expected_ids
+        self.expected_dead = expected_dead
+        self.truth = truth
+        self.seen: dict[str, str] = {}
+        self.received = 0
+        self.correct = Counter[str]()
+        self.labelled = Counter[str]()
+        self.dead = Counter[str]()
+        self.latencies: list[float] = []
+        self.first_at = self.last_at = 0.0
+
+    def add(self, topic: str, record: dict[str, Any], texts: dict[str, str]) -> str:
+        now = time.monotonic()
+        self.first_at = self.first_at or now
+        self.last_at = now
+        self.received += 1
+        rid = record.get("id")
+        if topic == "deadletter":
+            self.dead[record["error_type"]] += 1
+            return f"  dead letter  {record['error_type']:<14} {_short(record['message'], 80)}"
+        decision = record["decision"]
+        self.seen.setdefault(rid, decision)
+        if record.get("latency_ms") is not None:
+            self.latencies.append(record["latency_ms"])
+        label, conf = record.get("label"), record.get("confidence")
+        truth = self.truth.get(rid)
+        mark = " "
+        if label is not None and truth is not None:
+            self.labelled[decision] += 1
+            ok = label == truth
+            self.correct[decision] += ok
+            mark = "✓" if ok else "✗"
+        conf_s = f"{conf:.2f}" if conf is not None else " -- "
+        why = f" ({record['review_reason']})" if decision == "review" else ""
+        return f"  {decision:<6} {str(label):<7} {conf_s} {mark}  {_short(texts.get(rid, ''))}{why}"
+
+    @property
+    def total(self) -> int:
+        return len(self.expected) + self.expected_dead
+
+    def done(self) -> bool:
+        return self.expected <= self.seen.keys() and sum(self.dead.values()) >= self.expected_dead
+
+
+def summary(t: Tally, sent: int, elapsed: float) -> str:
+    outcomes = Counter(t.seen.values())
+    valid = len(t.seen)
+    lines = ["", "summary", "-------"]
+    lines.append(f"requests sent        {sent} ({len(MALFORMED)} malformed)")
+    missing = len(t.expected - t.seen.keys()) + max(t.expected_dead - sum(t.dead.values()), 0)
+    lines.append(f"outputs received     {t.received} for {t.total} requests"
+                 + (f"  (MISSING {missing})" if missing else ", none missing"))
+    lines.append(f"throughput           {valid / elapsed:.2f} classified/s over {elapsed:.1f}s")
+    auto, review = outcomes.get("auto", 0), outcomes.get("review", 0)
+    lines.append(f"auto-accepted        {auto}")
+    lines.append(f"sent to review       {review}  (review rate {review / max(valid, 1):.1%})")
+    if t.labelled["auto"]:
+        lines.append(f"accuracy, auto       {t.correct['auto'] / t.labelled['auto']:.3f} on {t.labelled['auto']} items")
+    n_all = t.labelled["auto"] + t.labelled["review"]
+    if n_all:
+        lines.append(f"accuracy, all        {(t.correct['auto'] + t.correct['review']) / n_all:.3f} "
+                     f"(model's top label on every item with a label)")
+    if t.latencies:
+        lat = np.asarray(t.latencies)
+        lines.append(f"model latency        p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms")
+    lines.append(f"dead letters         {sum(t.dead.values())}: {dict(t.dead)}")
+    return "\n".join(lines)
+
+
+async def traffic(settings: Settings, count: int, timeout_s: float) -> bool:
+    reviews = load_reviews(count)
+    texts = {f"rt-{i:05d}": ex.text for i, ex in enumerate(reviews)}
+    truth = {f"rt-{i:05d}": ex.label for i, ex in enumerate(reviews)}
+    tally = Tally(set(texts), len(MALFORMED), truth)
+    topics = {settings.topic(k): k for k in ("results", "review", "deadletter")}
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for rid, text in texts.items():
+            req = {"id": rid, "task": TASK, "text": text, "metadata": {"true_label": truth[rid], "source": "rotten_tomatoes"}}
+            await producer.send(settings.topic("requests"), orjson.dumps(req), key=rid.encode())
+        for _, raw in MALFORMED:
+            await producer.send(settings.topic("requests"), raw, key=b"malformed")
+        await producer.flush()
+        print(f"published {len(texts)} reviews and {len(MALFORMED)} malformed requests to "
+              f"{settings.topic('requests')}; outputs as they arrive:\n", flush=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not tally.done():
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batch.items():
+                for msg in messages:
+                    record = orjson.loads(msg.value)
+                    line = tally.add(topics[tp.topic], record, texts)
+                    print(f"[{tally.received:>4}/{tally.total}] {line}", flush=True)
+        print(summary(tally, len(texts) + len(MALFORMED), max(tally.last_at - started, 1e-9)), flush=True)
+        return tally.done()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams demo", description=__doc__)
+    parser.add_argument("--count", type=int, default=150, help="sample reviews to classify")
+    parser.add_argument("--tasks", default="config/tasks.toml", help="task file (needs the movie_sentiment task)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--max-in-flight", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=0, help="seconds to wait for outputs (0 = from count)")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="llm-classify-demo-"))
+    print(f"logs and state in {workdir}", flush=True)
+    print("starting the embedded broker (Tansu) ...", flush=True)
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        print(f"  broker at {broker.url}", flush=True)
+        print("starting the local model server (llama.cpp, Gemma 3 270M) ...", flush=True)
+        with LocalModelServer(log_path=workdir / "model.log") as model:
+            print(f"  model at {model.base_url}", flush=True)
+            env = os.environ | {
+                "STREAMS_BROKER": broker.url,
+                "STREAMS_TASKS_FILE": str(Path(args.tasks).resolve()),
+                "STREAMS_PARTITIONS": str(args.partitions),
+                "STREAMS_MAX_IN_FLIGHT": str(args.max_in_flight),
+                "STREAMS_SESSION_TIMEOUT_S": "6",
+                "STREAMS_DATA_DIR": str(workdir / "worker-data"),
+                "STREAMS_WEB_HOST": "127.0.0.1",
+                "STREAMS_WEB_PORT": str(free_port()),
+                "MODEL_BASE_URL": model.base_url,
+            }
+            settings = Settings.from_env(env)
+            load_tasks(settings.tasks_file, env)  # fail here, readably, rather than in the worker's log
+            asyncio.run(ensure_topics(settings))
+            print("starting a worker: python -m streams worker ...", flush=True)
+            worker = ChildProcess("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"],
+                                  workdir / "worker.log", env)
+            with worker:
+                timeout = args.timeout or 60 + 3.0 * args.count
+                ok = asyncio.run(traffic(settings, args.count, timeout))
+                if not worker.alive():
+                    print(f"the worker died; its log:\n{worker.tail(40)}", file=sys.stderr)
+                    return 1
+    print(f"\nall outputs accounted for: {'yes' if ok else 'NO'}; logs in {workdir}")
+    return 0 if ok else 1

@@ -1,0 +1,270 @@
+"""A synthetic OpenAI-compatible chat model, a stand-in for a remote model in load and fault tests only.
+
+It answers `POST /v1/chat/completions` instantly (or after a configured latency) with one token and a
+fixed, known logprob distribution, so benchmarks measure the worker rather than a model, and tests can
+provoke latency, rate limiting (HTTP 429), missing logprobs and chosen labels (`[[label=NAME]]` in the last
+user message). The demo uses the real local model (`serve-model`), never this.
+
+Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MARKER = re.compile(r"\[\[label=([^\]]+)\]\]")
+# Where the mass not given to labels goes: tokens a real model emits when it drifts off the label set.
+FILLERS: tuple[tuple[str, float], ...] = (("the", 0.5), ("<", 0.3), ("\n", 0.2))
+BARE_SHARE = 0.8  # share of a label's mass on "label"; the rest goes to " label", as real tokenisers split it
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class SyntheticConfig:
+    """What the fake model answers and how slowly; validated up front so a typo fails at start, not mid-test."""
+
+    labels: list[str] = field(default_factory=lambda: ["fresh", "rotten"])
+    label_probs: list[float] = field(default_factory=lambda: [0.7, 0.3])
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    max_concurrency: int = 0  # 0 = unlimited; beyond it requests get HTTP 429
+    logprobs: bool = True  # False mimics providers that drop logprobs: the response has `logprobs: null`
+    seed: int | None = None
+    force_prob: float = 0.95  # probability of the label named by a `[[label=NAME]]` marker
+    model: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.labels:
+            problems.append("labels must not be empty")
+        if len(self.label_probs) != len(self.labels):
+            problems.append(f"label_probs has {len(self.label_probs)} values for {len(self.labels)} labels")
+        if any(p < 0 for p in self.label_probs) or sum(self.label_probs) > 1 + 1e-9:
+            problems.append("label_probs must be non-negative and sum to at most 1")
+        if not 0 < self.force_prob <= 1:
+            problems.append("force_prob must be in (0, 1]")
+        if self.latency_ms < 0 or self.latency_jitter_ms < 0 or self.max_concurrency < 0:
+            problems.append("latency_ms, latency_jitter_ms and max_concurrency must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def distribution(self, forced: str | None = None) -> list[tuple[str, float]]:
+        """Token probabilities, most likely first; a forced label (even one outside `labels`) gets `force_prob`."""
+        if forced is None:
+            weights = dict(zip(self.labels, self.label_probs))
+        else:
+            others = [label for label in self.labels if label != forced]
+            weights = {label: (1 - self.force_prob) / 2 / len(others) for label in others} if others else {}
+            weights[forced] = self.force_prob
+        tokens: dict[str, float] = {}
+        for label, p in weights.items():
+            tokens[label] = tokens.get(label, 0.0) + p * BARE_SHARE
+            tokens[" " + label] = tokens.get(" " + label, 0.0) + p * (1 - BARE_SHARE)
+        rest = 1 - sum(weights.values())
+        for token, share in FILLERS:
+            tokens[token] = tokens.get(token, 0.0) + rest * share
+        ranked = [(token, p) for token, p in tokens.items() if p > 1e-12]
+        return sorted(ranked, key=lambda item: -item[1])
+
+
+def _last_user_text(messages: Any) -> str:
+    """Text of the last user message; content may be a string or a list of OpenAI content parts."""
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, headers=headers, content_type="application/json")
+
+
+def _entry(token: str, prob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": math.log(prob), "bytes": list(token.encode())}
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """An error in OpenAI's shape, so the client raises its typed exception (RateLimitError, BadRequestError)."""
+    return _json({"error": {"message": message, "type": kind, "param": None, "code": kind}}, status, headers)
+
+
+class SyntheticModelServer:
+    """The HTTP server; `async with SyntheticModelServer(config, port=0) as s:` then point a client at `s.base_url`."""
+
+    def __init__(self, config: SyntheticConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or SyntheticConfig()
+        self.host = host
+        self.port = port
+        self._rng = random.Random(self.config.seed)
+        self._runner: web.AppRunner | None = None
+        self._requests = self._rejected = self._in_flight = self._max_in_flight = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def stats(self) -> dict[str, int]:
+        """Counters that let a test prove calls overlapped (`max_in_flight_seen`) rather than trust timings."""
+        return {
+            "requests": self._requests,
+            "rejected": self._rejected,
+            "in_flight": self._in_flight,
+            "max_in_flight_seen": self._max_in_flight,
+        }
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])  # the real port when 0 asked for a free one
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SyntheticModelServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return _json(self.stats())
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _models(self, _: web.Request) -> web.Response:
+        model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "synthetic"}
+        return _json({"object": "list", "data": [model]})
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        cfg = self.config
+        if cfg.max_concurrency and self._in_flight >= cfg.max_concurrency:
+            self._rejected += 1
+            return _error(429, "rate_limit_exceeded", "too many concurrent requests", {"Retry-After": "1"})
+        self._in_flight += 1
+        self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                body = None
+            if not isinstance(body, dict):
+                return _error(400, "invalid_request_error", "body must be a JSON object")
+            if body.get("stream"):
+                return _error(400, "invalid_request_error", "streaming is not supported")
+            delay = cfg.latency_ms + self._rng.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms)
+            if delay > 0:
+                await asyncio.sleep(delay / 1000)
+            text = _last_user_text(body.get("messages"))
+            marker = MARKER.search(text)
+            ranked = cfg.distribution(marker.group(1) if marker else None)
+            response = self._completion(body, ranked, len(text.split()))
+            self._requests += 1
+            return _json(response)
+        finally:
+            self._in_flight -= 1
+
+    def _completion(self, body: dict[str, Any], ranked: list[tuple[str, float]], prompt_tokens: int) -> dict[str, Any]:
+        """One-token chat.completion; the chosen token is the argmax, as with temperature 0."""
+        token = ranked[0][0]
+        logprobs = None
+        if self.config.logprobs and body.get("logprobs"):
+            top_n = max(0, min(int(body.get("top_logprobs") or 0), MAX_TOP_LOGPROBS))
+            chosen = _entry(*ranked[0]) | {"top_logprobs": [_entry(t, p) for t, p in ranked[:top_n]]}
+            logprobs = {"content": [chosen], "refusal": None}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model") or self.config.model),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": token},
+                    "finish_reason": "length",
+                    "logprobs": logprobs,
+                }
+            ],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
+        }
+
+
+def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
+    parser = argparse.ArgumentParser(prog="python -m streams synthetic-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--labels", help="comma-separated, default fresh,rotten")
+    parser.add_argument("--label-probs", help="comma-separated, one per label; default 0.7,0.3 or uniform")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
+    parser.add_argument("--max-concurrency", type=int, default=0, help="0 = unlimited; beyond it answer 429")
+    parser.add_argument("--no-logprobs", action="store_true", help="answer `logprobs: null`")
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    config = SyntheticConfig(
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        max_concurrency=args.max_concurrency,
+        logprobs=not args.no_logprobs,
+        seed=args.seed,
+    )
+    if args.labels:
+        config.labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+        config.label_probs = [1 / len(config.labels)] * len(config.labels)
+    if args.label_probs:
+        config.label_probs = [float(p) for p in args.label_probs.split(",")]
+    config.__post_init__()
+    return config, args.host, args.port
+
+
+async def _serve(config: SyntheticConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with SyntheticModelServer(config, host, port) as server:
+        print(f"synthetic model listening on {server.base_url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str]) -> int:
+    """Serve until SIGINT/SIGTERM; exit 2 on a bad flag value."""
+    try:
+        config, host, port = _parse_args(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(config, host, port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

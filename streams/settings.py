@@ -1,0 +1,136 @@
+"""Service settings from environment variables, validated once at start.
+
+Every variable is read here and nowhere else, so `docs/ARCHITECTURE.md`, the compose file and the
+tests can check one list. Errors name the variable and say what a valid value looks like.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.errors import ConfigError
+
+#: Every environment variable the service reads, with its default (None = required elsewhere).
+ENV_DEFAULTS: dict[str, str] = {
+    "STREAMS_BROKER": "kafka://127.0.0.1:9092",
+    "STREAMS_APP_ID": "llm-classify",
+    "STREAMS_TOPIC_PREFIX": "",
+    "STREAMS_PARTITIONS": "8",
+    "STREAMS_REPLICATION": "1",
+    "STREAMS_TASKS_FILE": "config/tasks.toml",
+    "STREAMS_MAX_IN_FLIGHT": "64",
+    "STREAMS_MAX_TEXT_CHARS": "20000",
+    "STREAMS_DEADLETTER_EXCERPT_BYTES": "4096",
+    "STREAMS_MODEL_TIMEOUT_S": "30",
+    "STREAMS_MODEL_MAX_RETRIES": "4",
+    "STREAMS_SESSION_TIMEOUT_S": "30",
+    "STREAMS_WEB_HOST": "127.0.0.1",
+    "STREAMS_WEB_PORT": "6066",
+    "STREAMS_DATA_DIR": "",
+}
+
+#: Logical topic names; the configured prefix is prepended to each.
+TOPIC_NAMES: dict[str, str] = {
+    "requests": "classify.requests",
+    "results": "classify.results",
+    "review": "classify.review",
+    "feedback": "classify.feedback",
+    "deadletter": "classify.deadletter",
+    "calibrators": "classify.calibrators",
+    "alerts": "drift.alerts",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str
+    app_id: str
+    topic_prefix: str
+    partitions: int
+    replication: int
+    tasks_file: Path
+    max_in_flight: int
+    max_text_chars: int
+    deadletter_excerpt_bytes: int
+    model_timeout_s: float
+    model_max_retries: int
+    session_timeout_s: float
+    web_host: str
+    web_port: int
+    data_dir: Path
+    topics: dict[str, str] = field(default_factory=dict)
+
+    def topic(self, logical: str) -> str:
+        return self.topics[logical]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as aiokafka wants it (host:port[,host:port])."""
+        return ",".join(u.split("://", 1)[-1] for u in self.broker.split(";"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        problems: list[str] = []
+
+        def get(name: str) -> str:
+            return env.get(name, ENV_DEFAULTS[name]).strip()
+
+        def integer(name: str, low: int, high: int) -> int:
+            raw = get(name)
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not an integer; set a whole number in [{low}, {high}]")
+                return low
+            if not low <= value <= high:
+                problems.append(f"{name}={value} is out of range; set a whole number in [{low}, {high}]")
+            return value
+
+        def number(name: str, low: float, high: float) -> float:
+            raw = get(name)
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not a number; set a value in [{low}, {high}]")
+                return low
+            if not low <= value <= high:
+                problems.append(f"{name}={value} is out of range; set a value in [{low}, {high}]")
+            return value
+
+        broker = get("STREAMS_BROKER")
+        if not all(u.startswith("kafka://") and ":" in u[8:] for u in broker.split(";")):
+            problems.append(
+                f"STREAMS_BROKER={broker!r} must look like kafka://host:port (several separated by ';')"
+            )
+        app_id = get("STREAMS_APP_ID")
+        if not app_id:
+            problems.append("STREAMS_APP_ID is empty; set a consumer-group/app name such as llm-classify")
+        prefix = get("STREAMS_TOPIC_PREFIX")
+        if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
+            problems.append(f"STREAMS_TOPIC_PREFIX={prefix!r} may contain only letters, digits, '.', '_' and '-'")
+        data_dir_raw = get("STREAMS_DATA_DIR")
+        settings = cls(
+            broker=broker,
+            app_id=app_id,
+            topic_prefix=prefix,
+            partitions=integer("STREAMS_PARTITIONS", 1, 1024),
+            replication=integer("STREAMS_REPLICATION", 1, 16),
+            tasks_file=Path(get("STREAMS_TASKS_FILE")),
+            max_in_flight=integer("STREAMS_MAX_IN_FLIGHT", 1, 100_000),
+            max_text_chars=integer("STREAMS_MAX_TEXT_CHARS", 1, 10_000_000),
+            deadletter_excerpt_bytes=integer("STREAMS_DEADLETTER_EXCERPT_BYTES", 0, 1_000_000),
+            model_timeout_s=number("STREAMS_MODEL_TIMEOUT_S", 0.1, 3600),
+            model_max_retries=integer("STREAMS_MODEL_MAX_RETRIES", 0, 20),
+            session_timeout_s=number("STREAMS_SESSION_TIMEOUT_S", 1, 600),
+            web_host=get("STREAMS_WEB_HOST"),
+            web_port=integer("STREAMS_WEB_PORT", 0, 65535),
+            data_dir=Path(data_dir_raw) if data_dir_raw else Path(f".{app_id}-data"),
+            topics={k: f"{prefix}{v}" for k, v in TOPIC_NAMES.items()},
+        )
+        if problems:
+            raise ConfigError("environment", problems)
+        return settings

@@ -1,0 +1,259 @@
+"""The task file: which classifications the service runs, and how. Validated at start.
+
+A task file is TOML with one `[[task]]` table per task. String values may reference environment
+variables as `${NAME}` or `${NAME:-default}` so one file serves a laptop and a cluster. Every
+problem is reported with the path of the field to fix, all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TEXT_PLACEHOLDER = "{text}"
+DEFAULT_TEMPLATE = (
+    "Classify the text between the markers. Answer with one label only.\n"
+    "<<<TEXT\n{text}\nTEXT>>>\nLabel:"
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    system: str
+    template: str
+    examples: tuple[Example, ...]
+
+    def render(self, text: str) -> str:
+        # str.replace, not str.format: braces in user text must stay literal.
+        return self.template.replace(TEXT_PLACEHOLDER, text)
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """Chat messages: system, few-shot turns, then the item; the user text stays inside the template."""
+        msgs: list[dict[str, str]] = []
+        if self.system:
+            msgs.append({"role": "system", "content": self.system})
+        for ex in self.examples:
+            msgs.append({"role": "user", "content": self.render(ex.text)})
+            msgs.append({"role": "assistant", "content": ex.label})
+        msgs.append({"role": "user", "content": self.render(text)})
+        return msgs
+
+
+@dataclass(frozen=True)
+class ModelEndpoint:
+    base_url: str
+    name: str
+    api_key_env: str | None
+    top_logprobs: int
+    temperature: float
+
+    def api_key(self, env: Mapping[str, str] | None = None) -> str:
+        """The key, read from the environment at call time; never stored in config objects or logs."""
+        env = os.environ if env is None else env
+        if self.api_key_env is None:
+            return "not-needed"  # local servers ignore it, but the openai client insists on one
+        return env[self.api_key_env]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    labels: tuple[str, ...]
+    prompt: Prompt
+    model: ModelEndpoint
+    review_threshold: float
+    min_label_mass: float
+
+
+@dataclass(frozen=True)
+class TaskRegistry:
+    tasks: dict[str, Task]
+    source: str
+
+    def get(self, name: str) -> Task | None:
+        return self.tasks.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path}: environment variable {name} is not set (or give a default: ${{{name}:-...}})")
+            return ""
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}", env, problems) for k, v in value.items()}
+    return value
+
+
+class _Reader:
+    """Typed field access that records a problem (with the field path) instead of raising."""
+
+    def __init__(self, table: Mapping[str, Any], path: str, problems: list[str]) -> None:
+        self.table, self.path, self.problems = table, path, problems
+
+    def _get(self, key: str, kind: type | tuple[type, ...], kind_name: str, default: Any, required: bool) -> Any:
+        if key not in self.table:
+            if required:
+                self.problems.append(f"{self.path}.{key}: missing; add a {kind_name}")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and kind is not bool:
+            value = None  # TOML booleans are not numbers here
+        if not isinstance(value, kind):
+            self.problems.append(f"{self.path}.{key}: expected a {kind_name}, got {type(self.table[key]).__name__}")
+            return default
+        return value
+
+    def string(self, key: str, default: str = "", required: bool = False) -> str:
+        return self._get(key, str, "string", default, required)
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = float(self._get(key, (int, float), "number", default, False))
+        if not low <= value <= high:
+            self.problems.append(f"{self.path}.{key}: {value} is out of range; use a number in [{low}, {high}]")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(key, int, "integer", default, False)
+        if not low <= value <= high:
+            self.problems.append(f"{self.path}.{key}: {value} is out of range; use an integer in [{low}, {high}]")
+        return value
+
+    def table_at(self, key: str, required: bool = False) -> _Reader:
+        return _Reader(self._get(key, dict, "table", {}, required), f"{self.path}.{key}", self.problems)
+
+    def list_at(self, key: str) -> list[Any]:
+        return self._get(key, list, "list", [], False)
+
+
+def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Mapping[str, str]) -> Task | None:
+    r = _Reader(raw, path, problems)
+    name = r.string("name", required=True)
+    if name and not _NAME.match(name):
+        problems.append(f"{path}.name: {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    labels_raw = r._get("labels", list, "list of strings", [], True)
+    labels: list[str] = []
+    for i, label in enumerate(labels_raw):
+        if not isinstance(label, str) or not label.strip():
+            problems.append(f"{path}.labels[{i}]: must be a non-empty string")
+        else:
+            labels.append(label)
+    if labels_raw and len(labels) < 2:
+        problems.append(f"{path}.labels: a task needs at least two labels")
+    folded = [lbl.strip().casefold() for lbl in labels]
+    if len(set(folded)) != len(folded):
+        problems.append(f"{path}.labels: labels must differ ignoring case and surrounding spaces")
+    for i, a in enumerate(folded):
+        for b in folded[i + 1:]:
+            if a != b and (a.startswith(b) or b.startswith(a)):
+                problems.append(
+                    f"{path}.labels: {a!r} and {b!r} share a prefix, so a first token cannot tell them apart; rename one"
+                )
+
+    pr = r.table_at("prompt")
+    template = pr.string("template", DEFAULT_TEMPLATE)
+    if template.count(TEXT_PLACEHOLDER) != 1:
+        problems.append(f"{path}.prompt.template: must contain the placeholder {{text}} exactly once")
+    examples: list[Example] = []
+    for i, ex in enumerate(pr.list_at("examples")):
+        ex_path = f"{path}.prompt.examples[{i}]"
+        if not isinstance(ex, dict):
+            problems.append(f"{ex_path}: expected a table with text and label")
+            continue
+        er = _Reader(ex, ex_path, problems)
+        text, label = er.string("text", required=True), er.string("label", required=True)
+        if label and labels and label not in labels:
+            problems.append(f"{ex_path}.label: {label!r} is not one of the task's labels {labels}")
+        examples.append(Example(text=text, label=label))
+
+    mr = r.table_at("model", required=True)
+    base_url = mr.string("base_url", required=True)
+    if base_url and not base_url.startswith(("http://", "https://")):
+        problems.append(f"{path}.model.base_url: {base_url!r} must start with http:// or https://")
+    model_name = mr.string("name", required=True)
+    api_key_env = mr.string("api_key_env") or None
+    if api_key_env is not None and api_key_env not in env:
+        problems.append(
+            f"{path}.model.api_key_env: environment variable {api_key_env} is not set; export it (the key is never read from the task file)"
+        )
+    if "api_key" in mr.table:
+        problems.append(f"{path}.model.api_key: keys must not be written in the task file; use api_key_env")
+    top_logprobs = mr.integer("top_logprobs", 20, 1, 20)
+    temperature = mr.number("temperature", 0.0, 0.0, 2.0)
+
+    rr = r.table_at("routing")
+    review_threshold = rr.number("review_threshold", 0.8, 0.0, 1.0)
+    min_label_mass = rr.number("min_label_mass", 0.5, 0.0, 1.0)
+
+    if not name or not labels:
+        return None
+    return Task(
+        name=name,
+        labels=tuple(labels),
+        prompt=Prompt(system=pr.string("system"), template=template, examples=tuple(examples)),
+        model=ModelEndpoint(base_url=base_url, name=model_name, api_key_env=api_key_env,
+                            top_logprobs=top_logprobs, temperature=temperature),
+        review_threshold=review_threshold,
+        min_label_mass=min_label_mass,
+    )
+
+
+def parse_tasks(text: str, source: str, env: Mapping[str, str] | None = None) -> TaskRegistry:
+    env = os.environ if env is None else env
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from exc
+    problems: list[str] = []
+    raw_tasks = doc.get("task")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise ConfigError(source, ["no tasks: add at least one [[task]] table"])
+    tasks: dict[str, Task] = {}
+    for i, raw in enumerate(raw_tasks):
+        path = f"task[{i}]" + (f" ({raw['name']})" if isinstance(raw.get("name"), str) else "")
+        expanded = _expand(raw, path, env, problems)
+        task = _parse_task(expanded, path, problems, env)
+        if task is None:
+            continue
+        if task.name in tasks:
+            problems.append(f"{path}.name: duplicate task name {task.name!r}")
+        tasks[task.name] = task
+    if problems:
+        raise ConfigError(source, problems)
+    return TaskRegistry(tasks=tasks, source=source)
+
+
+def load_tasks(path: Path, env: Mapping[str, str] | None = None) -> TaskRegistry:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [f"task file not found; set STREAMS_TASKS_FILE to an existing TOML file"]) from None
+    return parse_tasks(text, str(path), env)

@@ -1,0 +1,165 @@
+"""Real processes and real Kafka I/O for integration tests: no mocks between the test and the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.localdev.processes import ChildProcess, free_port, port_open
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_tasks(path: Path, base_url: str, name: str = "sentiment", labels: tuple[str, ...] = ("fresh", "rotten"),
+                threshold: float = 0.6, examples: bool = True, model: str = "gemma3-270m") -> Path:
+    shots = "".join(
+        f'\n[[task.prompt.examples]]\ntext = "{t}"\nlabel = "{lbl}"\n'
+        for t, lbl in [("A triumph: funny, moving and beautifully acted.", labels[0]),
+                       ("A tedious, clumsy mess with bored actors.", labels[1])]
+    ) if examples else ""
+    path.write_text(
+        f'[[task]]\nname = "{name}"\nlabels = {orjson.dumps(list(labels)).decode()}\n'
+        f'[task.model]\nbase_url = "{base_url}"\nname = "{model}"\n'
+        f'[task.routing]\nreview_threshold = {threshold}\nmin_label_mass = 0.5\n'
+        f'[task.prompt]\ntemplate = "Review: {{text}}\\nAnswer {labels[0]} or {labels[1]}:"\n{shots}'
+    )
+    return path
+
+
+@dataclass
+class Worker:
+    """A `python -m streams worker` process with its own app id and topic prefix."""
+
+    bootstrap: str
+    tasks_file: Path
+    workdir: Path
+    partitions: int = 4
+    max_in_flight: int = 32
+    extra_env: dict[str, str] = field(default_factory=dict)
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
+    app_id: str = field(default_factory=lambda: f"app-{uuid.uuid4().hex[:8]}")
+    web_port: int = field(default_factory=free_port)
+    runs: int = 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "STREAMS_BROKER": f"kafka://{self.bootstrap}",
+            "STREAMS_APP_ID": self.app_id,
+            "STREAMS_TOPIC_PREFIX": self.prefix,
+            "STREAMS_PARTITIONS": str(self.partitions),
+            "STREAMS_TASKS_FILE": str(self.tasks_file),
+            "STREAMS_MAX_IN_FLIGHT": str(self.max_in_flight),
+            "STREAMS_SESSION_TIMEOUT_S": "6",
+            "STREAMS_MODEL_MAX_RETRIES": "2",
+            "STREAMS_DATA_DIR": str(self.workdir / f"data-{self.app_id}"),
+            "STREAMS_WEB_HOST": "127.0.0.1",
+            "STREAMS_WEB_PORT": str(self.web_port),
+        } | self.extra_env
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def process(self) -> ChildProcess:
+        """A new worker process (call .start()); each run logs to its own file."""
+        self.runs += 1
+        self.web_port = free_port()
+        return ChildProcess(
+            f"worker-{self.runs}", [sys.executable, "-m", "streams", "worker", "-l", "info"],
+            self.workdir / f"worker-{self.app_id}-{self.runs}.log", self.env,
+        )
+
+    def topic(self, logical: str) -> str:
+        return self.settings.topic(logical)
+
+
+async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    n = 0
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+            n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+@dataclass
+class Received:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    def json(self) -> dict[str, Any]:
+        return orjson.loads(self.value)
+
+
+async def collect(bootstrap: str, topics: list[str], done: Callable[[list[Received]], bool],
+                  timeout_s: float, settle_s: float = 1.0) -> list[Received]:
+    """Read topics from the start until `done(received)` holds (then `settle_s` more, to catch extras)."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    got: list[Received] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for tp, msgs in batch.items():
+                got.extend(Received(tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs)
+            if settle_until is None and done(got):
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+    finally:
+        await consumer.stop()
+    return got
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def http_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
+class SyntheticModel(ChildProcess):
+    """The project's synthetic OpenAI-compatible server as a real process."""
+
+    def __init__(self, workdir: Path, *flags: str) -> None:
+        self.port = free_port()
+        super().__init__("synthetic model", [sys.executable, "-m", "streams", "synthetic-model",
+                                             "--port", str(self.port), *flags], workdir / f"synthetic-{self.port}.log")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return http_json(f"http://127.0.0.1:{self.port}/stats")
+
+    def start(self) -> SyntheticModel:
+        super().start()
+        self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
+        return self

@@ -1,0 +1,131 @@
+"""The synthetic model through the real `openai` client: the shapes it returns must parse, and its knobs must work."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from streams.localdev.synthetic_model import SyntheticConfig, SyntheticModelServer, main
+
+
+def _client(server: SyntheticModelServer, max_retries: int = 2) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=max_retries)
+
+
+async def _ask(client: openai.AsyncOpenAI, text: str = "Review: great film.") -> Any:
+    return await client.chat.completions.create(
+        model="synthetic",
+        messages=[{"role": "system", "content": "Answer fresh or rotten."}, {"role": "user", "content": text}],
+        max_tokens=1,
+        logprobs=True,
+        top_logprobs=20,
+        temperature=0,
+    )
+
+
+def test_top_logprobs_carry_the_configured_label_probabilities() -> None:
+    async def run() -> Any:
+        async with SyntheticModelServer(SyntheticConfig(label_probs=[0.6, 0.3])) as server:
+            async with _client(server) as client:
+                return await _ask(client)
+
+    response = asyncio.run(run())
+    choice = response.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.content == "fresh"
+    entry = choice.logprobs.content[0]
+    assert entry.token == "fresh"
+    top = entry.top_logprobs
+    logprobs = [t.logprob for t in top]
+    assert logprobs == sorted(logprobs, reverse=True)
+    probs = {t.token: math.exp(t.logprob) for t in top}
+    assert probs["fresh"] + probs[" fresh"] == pytest.approx(0.6, abs=1e-6)
+    assert probs["rotten"] + probs[" rotten"] == pytest.approx(0.3, abs=1e-6)
+    assert probs["fresh"] == pytest.approx(0.6 * 0.8, abs=1e-6)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)  # the missing 0.1 went to filler tokens
+    assert {"the", "<", "\n"} <= probs.keys()
+    assert response.usage is not None and response.usage.completion_tokens == 1
+
+
+def test_marker_forces_the_chosen_label() -> None:
+    async def run() -> Any:
+        async with SyntheticModelServer(SyntheticConfig(label_probs=[0.9, 0.1])) as server:
+            async with _client(server) as client:
+                return await _ask(client, "Review: dull. [[label=rotten]]")
+
+    entry = asyncio.run(run()).choices[0].logprobs.content[0]
+    assert entry.token == "rotten"
+    probs = {t.token: math.exp(t.logprob) for t in entry.top_logprobs}
+    assert probs["rotten"] + probs[" rotten"] == pytest.approx(0.95, abs=1e-6)
+
+
+def test_logprobs_can_be_dropped_like_some_providers_do() -> None:
+    async def run() -> Any:
+        async with SyntheticModelServer(SyntheticConfig(logprobs=False)) as server:
+            async with _client(server) as client:
+                return await _ask(client)
+
+    choice = asyncio.run(run()).choices[0]
+    assert choice.logprobs is None
+    assert choice.message.content == "fresh"
+
+
+def test_concurrent_requests_overlap() -> None:
+    async def run() -> tuple[float, dict[str, int]]:
+        async with SyntheticModelServer(SyntheticConfig(latency_ms=200)) as server:
+            async with _client(server) as client:
+                start = time.perf_counter()
+                await asyncio.gather(*(_ask(client) for _ in range(20)))
+                return time.perf_counter() - start, server.stats()
+
+    elapsed, stats = asyncio.run(run())
+    assert elapsed < 20 * 0.2 / 4
+    assert stats["requests"] == 20
+    assert stats["in_flight"] == 0
+    assert stats["max_in_flight_seen"] >= 10
+
+
+def test_stats_and_models_endpoints() -> None:
+    async def run() -> tuple[list[str], dict[str, int]]:
+        async with SyntheticModelServer(SyntheticConfig(model="synth-1")) as server:
+            async with _client(server) as client:
+                await _ask(client)
+                models = [m.id async for m in client.models.list()]
+            async with aiohttp.ClientSession() as http:
+                root = server.base_url.removesuffix("/v1")
+                async with http.get(f"{root}/health") as health:
+                    assert health.status == 200
+                async with http.get(f"{root}/stats") as resp:
+                    return models, await resp.json()
+
+    models, stats = asyncio.run(run())
+    assert models == ["synth-1"]
+    assert stats["requests"] == 1 and stats["max_in_flight_seen"] == 1
+
+
+def test_over_concurrency_limit_answers_429() -> None:
+    async def run() -> tuple[int, int, dict[str, int]]:
+        config = SyntheticConfig(latency_ms=200, max_concurrency=2)
+        async with SyntheticModelServer(config) as server:
+            async with _client(server, max_retries=0) as client:
+                results = await asyncio.gather(*(_ask(client) for _ in range(10)), return_exceptions=True)
+                limited = sum(isinstance(r, openai.RateLimitError) for r in results)
+                ok = sum(not isinstance(r, BaseException) for r in results)
+                return limited, ok, server.stats()
+
+    limited, ok, stats = asyncio.run(run())
+    assert limited >= 1 and ok >= 1 and limited + ok == 10
+    assert stats["max_in_flight_seen"] <= 2
+    assert stats["rejected"] == limited
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="label_probs"):
+        SyntheticConfig(label_probs=[0.8, 0.8])
+    assert main(["--labels", "a,b", "--label-probs", "0.5"]) == 2
