@@ -7,11 +7,14 @@ tests can check one list. Errors name the variable and say what a valid value lo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.errors import ConfigError
+
+_BROKER_URL = re.compile(r"^kafka://[^:/;\s]+:\d{1,5}$")
 
 #: Every environment variable the service reads, with its default (None = required elsewhere).
 ENV_DEFAULTS: dict[str, str] = {
@@ -102,7 +105,7 @@ class Settings:
             return value
 
         broker = get("STREAMS_BROKER")
-        if not all(u.startswith("kafka://") and ":" in u[8:] for u in broker.split(";")):
+        if not all(_BROKER_URL.match(u) for u in broker.split(";")):
             problems.append(
                 f"STREAMS_BROKER={broker!r} must look like kafka://host:port (several separated by ';')"
             )

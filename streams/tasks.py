@@ -238,6 +238,9 @@ def parse_tasks(text: str, source: str, env: Mapping[str, str] | None = None) ->
         raise ConfigError(source, ["no tasks: add at least one [[task]] table"])
     tasks: dict[str, Task] = {}
     for i, raw in enumerate(raw_tasks):
+        if not isinstance(raw, dict):
+            problems.append(f"task[{i}]: expected a [[task]] table, got {type(raw).__name__}")
+            continue
         path = f"task[{i}]" + (f" ({raw['name']})" if isinstance(raw.get("name"), str) else "")
         expanded = _expand(raw, path, env, problems)
         task = _parse_task(expanded, path, problems, env)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Why an item went to review (mirrored in schemas/review_item.schema.json).
-REVIEW_REASONS = ("low_confidence", "low_label_mass", "no_logprobs", "model_error")
+REVIEW_REASONS = ("low_confidence", "low_label_mass", "no_logprobs", "model_error", "invalid_scores")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,8 @@ def route(calibrated: np.ndarray | None, label_mass: float, threshold: float, mi
     """Never guess: missing logprobs or a low label mass go to review before confidence is even read."""
     if calibrated is None:
         return Route("review", "no_logprobs", -1)
+    if not np.isfinite(calibrated).all():  # a broken endpoint or calibrator: never route NaN to auto
+        return Route("review", "invalid_scores", -1)
     if label_mass < min_label_mass or not calibrated.any():
         return Route("review", "low_label_mass", int(np.argmax(calibrated)) if calibrated.any() else -1)
     best = int(np.argmax(calibrated))

@@ -63,8 +63,7 @@ def test_label_index_is_a_python_int() -> None:
     assert type(r.label_index) is int
 
 
-@pytest.mark.xfail(strict=True, reason="route() auto-accepts NaN probabilities: calibrated.any() is True for NaN, "
-                   "argmax picks 0 and 'nan < threshold' is False, so [nan, nan] is routed 'auto' instead of review")
 def test_nan_probabilities_go_to_review() -> None:
     r = route(np.array([np.nan, np.nan]), 1.0, 0.8, 0.5)
     assert r.decision == "review"
+    assert r.reason == "invalid_scores" and r.label_index == -1
