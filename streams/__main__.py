@@ -1,7 +1,7 @@
 """`python -m streams ...` (console script `llm-classify`).
 
-Local commands (`demo`, `broker`, `serve-model`, `synthetic-model`) run without the service config;
-everything else (`worker`, ...) is Faust's own command line on the configured app.
+Local commands (`demo`, `calibrate`, `broker`, `serve-model`, `synthetic-model`) run without the
+Faust app; everything else (`worker`, ...) is Faust's own command line on the configured app.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from streams.errors import ConfigError
 
 LOCAL_COMMANDS = {
     "demo": "streams.localdev.demo",
+    "calibrate": "streams.calibration.commands",
     "broker": "streams.localdev.broker",
     "serve-model": "streams.localdev.model_server",
     "synthetic-model": "streams.localdev.synthetic_model",

@@ -21,13 +21,22 @@ class ClassifyApp(faust.App):
         await super().on_first_start()
         # Before the consumer subscribes, so no topic is auto-created with the broker's default count.
         await ensure_topics(settings)
+        # Before any request is classified: every task's newest calibrator, read to the exact end.
+        from streams.classify.agents import calibrator_feed
+
+        applied = await calibrator_feed.load()
+        self.log.info("loaded %d calibrator record(s)", applied)
+
+    async def on_stop(self) -> None:
+        from streams.classify.agents import calibrator_feed
+
+        await calibrator_feed.stop()
+        await super().on_stop()
 
 
 app = ClassifyApp(
     settings.app_id,
     broker=settings.broker,
-    autodiscover=["streams.classify"],
-    origin="streams",
     datadir=str(settings.data_dir),
     web_bind=settings.web_host,
     web_port=settings.web_port,
@@ -60,3 +69,8 @@ def _topic(logical: str) -> faust.TopicT:
 
 #: The service's topics by logical name; payloads are raw bytes, parsed by the pure modules.
 topics: dict[str, faust.TopicT] = {logical: _topic(logical) for logical in settings.topics}
+
+# Explicit imports rather than Faust's autodiscover, which logs an import error and carries on
+# without the agents in that module: a worker missing an agent must not start.
+from streams.classify import agents as _classify_agents  # noqa: E402,F401
+from streams.calibration import agents as _calibration_agents  # noqa: E402,F401

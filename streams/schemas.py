@@ -27,6 +27,7 @@ SCHEMA_NAMES = (
     "feedback",
     "dead_letter",
     "calibrator",
+    "labelled_example",
     "drift_alert",
 )
 
@@ -38,6 +39,7 @@ SCHEMA_FOR_TOPIC = {
     "feedback": "feedback",
     "deadletter": "dead_letter",
     "calibrators": "calibrator",
+    "examples": "labelled_example",
     "alerts": "drift_alert",
 }
 

@@ -43,6 +43,7 @@ TOPIC_NAMES: dict[str, str] = {
     "feedback": "classify.feedback",
     "deadletter": "classify.deadletter",
     "calibrators": "classify.calibrators",
+    "examples": "classify.examples",
     "alerts": "drift.alerts",
 }
 

@@ -20,6 +20,7 @@ from streams.errors import ConfigError
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TEXT_PLACEHOLDER = "{text}"
+CALIBRATION_METHODS = ("identity", "temperature", "vector", "isotonic", "histogram", "label_bias")
 DEFAULT_TEMPLATE = (
     "Classify the text between the markers. Answer with one label only.\n"
     "<<<TEXT\n{text}\nTEXT>>>\nLabel:"
@@ -71,6 +72,16 @@ class ModelEndpoint:
 
 
 @dataclass(frozen=True)
+class CalibrationPolicy:
+    """When and how the feedback loop refits this task's calibrator."""
+
+    refit_every: int  # new reviewer labels between refits
+    min_examples: int  # no refit below this many labelled examples in total
+    holdout_fraction: float  # share of labels kept out of the fit to decide whether to publish
+    methods: tuple[str, ...]  # candidates for cross-validated selection
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     labels: tuple[str, ...]
@@ -78,6 +89,12 @@ class Task:
     model: ModelEndpoint
     review_threshold: float
     min_label_mass: float
+    #: Risk-controlled routing: target error rate on auto-accepted items, and the probability that
+    #: the chosen threshold misses it. When set, the threshold comes from labelled data, not the file.
+    target_error: float | None = None
+    failure_probability: float = 0.1
+    audit_rate: float = 0.0
+    calibration: CalibrationPolicy = CalibrationPolicy(200, 100, 0.3, CALIBRATION_METHODS)
 
 
 @dataclass(frozen=True)
@@ -212,6 +229,25 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
     rr = r.table_at("routing")
     review_threshold = rr.number("review_threshold", 0.8, 0.0, 1.0)
     min_label_mass = rr.number("min_label_mass", 0.5, 0.0, 1.0)
+    target_error = rr.number("target_error", 0.0, 0.0, 0.5) if "target_error" in rr.table else None
+    if target_error is not None and target_error <= 0:
+        problems.append(f"{path}.routing.target_error: must be above 0 (e.g. 0.02 for 2%)")
+    if target_error is not None and "review_threshold" in rr.table:
+        problems.append(f"{path}.routing: set review_threshold or target_error, not both")
+    failure_probability = rr.number("failure_probability", 0.1, 0.001, 0.5)
+    audit_rate = rr.number("audit_rate", 0.0, 0.0, 1.0)
+
+    cr = r.table_at("calibration")
+    methods_raw = cr.list_at("methods") or list(CALIBRATION_METHODS)
+    for m in methods_raw:
+        if m not in CALIBRATION_METHODS:
+            problems.append(f"{path}.calibration.methods: unknown method {m!r}; choose from {list(CALIBRATION_METHODS)}")
+    policy = CalibrationPolicy(
+        refit_every=cr.integer("refit_every", 200, 1, 10_000_000),
+        min_examples=cr.integer("min_examples", 100, 10, 10_000_000),
+        holdout_fraction=cr.number("holdout_fraction", 0.3, 0.05, 0.9),
+        methods=tuple(m for m in methods_raw if m in CALIBRATION_METHODS),
+    )
 
     if not name or not labels:
         return None
@@ -223,6 +259,10 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
                             top_logprobs=top_logprobs, temperature=temperature),
         review_threshold=review_threshold,
         min_label_mass=min_label_mass,
+        target_error=target_error,
+        failure_probability=failure_probability,
+        audit_rate=audit_rate,
+        calibration=policy,
     )
 
 

@@ -1,5 +1,8 @@
 """The classify agent: requests in, one result / review item / dead letter out per request.
 
+The worker loads every task's newest calibrator before it classifies (see `streams.app`), and
+follows the calibrators topic so new versions apply without restart.
+
 Thin wiring around `Classifier` (what to emit) and `InOrderRelease` (when an offset is safe to commit).
 Up to STREAMS_MAX_IN_FLIGHT requests are processed at once; an event is acked, and so becomes
 committable, only after its output and the outputs of every earlier event on its partition have been
@@ -12,9 +15,11 @@ import asyncio
 import logging
 from collections import Counter
 
+from aiokafka.errors import ConsumerStoppedError
 from faust.types import EventT, StreamT
 
 from streams.app import app, settings, tasks, topics
+from streams.calibration.store import CalibratorFeed
 from streams.classify.inflight import InOrderRelease
 from streams.classify.model_client import ModelClient
 from streams.classify.records import Source
@@ -67,9 +72,10 @@ class InFlight:
     async def _handle(self, event: EventT) -> None:
         msg = event.message
         try:
-            output = await classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
-            await publish(output)
-            counts[output.topic] += 1
+            outputs = await classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
+            await asyncio.gather(*(publish(o) for o in outputs))
+            for o in outputs:
+                counts[o.topic] += 1
         finally:
             self.slots.release()
         for done in self.release.done(msg.tp, msg.offset):
@@ -85,6 +91,18 @@ async def classify(stream: StreamT) -> None:
     finally:
         for task in inflight.running:
             task.cancel()  # unacked work is replayed after restart
+
+
+calibrator_feed = CalibratorFeed(settings, classifier.apply_calibrator)
+
+
+@app.task
+async def follow_calibrators() -> None:
+    """Hot reload: new calibrator versions apply to the next request, without restart."""
+    try:
+        await calibrator_feed.follow()
+    except ConsumerStoppedError:
+        pass  # the worker is shutting down
 
 
 @app.timer(interval=10.0)

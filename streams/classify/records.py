@@ -46,6 +46,7 @@ def classification_record(
     model: str,
     calibrator_version: str,
     model_error: str | None = None,
+    audit: bool = False,
 ) -> dict[str, Any]:
     """A ClassificationResult (decision auto) or a ReviewItem (decision review, with the text)."""
     idx = route.label_index
@@ -76,6 +77,8 @@ def classification_record(
         record["text"] = request.text
         if model_error is not None:
             record["model_error"] = model_error
+        if audit:
+            record["audit"] = True
     return record
 
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Why an item went to review (mirrored in schemas/review_item.schema.json).
-REVIEW_REASONS = ("low_confidence", "low_label_mass", "no_logprobs", "model_error", "invalid_scores")
+REVIEW_REASONS = (
+    "low_confidence", "low_label_mass", "no_logprobs", "model_error", "invalid_scores", "not_calibrated", "audit",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,8 +19,12 @@ class Route:
     label_index: int  # -1 when no label can be named
 
 
-def route(calibrated: np.ndarray | None, label_mass: float, threshold: float, min_label_mass: float) -> Route:
-    """Never guess: missing logprobs or a low label mass go to review before confidence is even read."""
+def route(calibrated: np.ndarray | None, label_mass: float, threshold: float | None, min_label_mass: float) -> Route:
+    """Never guess: missing logprobs or a low label mass go to review before confidence is even read.
+
+    `threshold` None means no valid threshold exists yet (risk-controlled task without a calibrator
+    that meets its target): everything goes to review.
+    """
     if calibrated is None:
         return Route("review", "no_logprobs", -1)
     if not np.isfinite(calibrated).all():  # a broken endpoint or calibrator: never route NaN to auto
@@ -26,6 +32,8 @@ def route(calibrated: np.ndarray | None, label_mass: float, threshold: float, mi
     if label_mass < min_label_mass or not calibrated.any():
         return Route("review", "low_label_mass", int(np.argmax(calibrated)) if calibrated.any() else -1)
     best = int(np.argmax(calibrated))
+    if threshold is None:
+        return Route("review", "not_calibrated", best)
     if calibrated[best] < threshold:
         return Route("review", "low_confidence", best)
     return Route("auto", None, best)

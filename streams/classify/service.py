@@ -7,20 +7,23 @@ dead letter or a review item.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from streams.calibration.calibrators import Calibrator, IdentityCalibrator
+from streams.calibration.store import calibrator_from_record
 from streams.classify.model_client import ModelClient, ModelReply
 from streams.classify.probabilities import LabelMatcher, label_scores, normalised_entropy
 from streams.classify.records import Source, classification_record, dead_letter_record
 from streams.classify.requests import ClassificationRequest, parse_request
 from streams.classify.routing import Route, route
 from streams.errors import BadRequest, ModelError
-from streams.tasks import TaskRegistry
+from streams.tasks import Task, TaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,12 @@ class Output:
     value: bytes
 
 
+def audit_draw(request_id: str) -> float:
+    """A uniform number fixed by the id, so a replayed request is audited (or not) the same way."""
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 class Classifier:
     def __init__(self, tasks: TaskRegistry, model: ModelClient, max_text_chars: int, excerpt_bytes: int) -> None:
         self.tasks = tasks
@@ -42,21 +51,53 @@ class Classifier:
         self.excerpt_bytes = excerpt_bytes
         self.matchers = {name: LabelMatcher(t.labels) for name, t in tasks.tasks.items()}
         self.calibrators: dict[str, Calibrator] = {name: IdentityCalibrator() for name in tasks.tasks}
+        #: Thresholds chosen with a risk guarantee, for tasks that set routing.target_error.
+        self.risk_thresholds: dict[str, float] = {}
 
-    async def process(self, raw: bytes | None, key: bytes | None, source: Source) -> Output:
-        """Exactly one output per input message, whatever happens inside."""
+    def threshold(self, task: Task) -> float | None:
+        """The confidence needed for auto-accept; None when a risk-controlled task has no valid one yet."""
+        if task.target_error is None:
+            return task.review_threshold
+        return self.risk_thresholds.get(task.name)
+
+    def apply_calibrator(self, record: dict[str, Any]) -> bool:
+        """Install a calibrator record (from the calibrators topic); False when it is not for us."""
+        task = self.tasks.get(record.get("task", ""))
+        if task is None:
+            return False
+        if tuple(record.get("labels", task.labels)) != task.labels:
+            log.warning("calibrator %s is for labels %s, task %s has %s; ignored",
+                        record.get("version"), record.get("labels"), task.name, task.labels)
+            return False
+        self.calibrators[task.name] = calibrator_from_record(record)
+        rc = record.get("risk_control")
+        if task.target_error is not None:
+            if rc and rc.get("feasible") and rc.get("target_error") == task.target_error \
+                    and rc.get("delta") == task.failure_probability:
+                self.risk_thresholds[task.name] = float(rc["threshold"])
+            else:
+                self.risk_thresholds.pop(task.name, None)
+                log.warning("calibrator %s has no feasible threshold for target error %s at %s; "
+                            "task %s sends everything to review", record["version"], task.target_error,
+                            task.failure_probability, task.name)
+        log.info("task %s now uses calibrator %s (%s)", task.name, record["version"], record["method"])
+        return True
+
+    async def process(self, raw: bytes | None, key: bytes | None, source: Source) -> list[Output]:
+        """One output per input message (two when an auto-accepted item is also sampled for audit)."""
         try:
             request = parse_request(raw, self.tasks, self.max_text_chars)
         except BadRequest as exc:
-            return self._dead_letter(raw, key, exc.error_type, exc.message, "validate", source, exc.request_id)
+            return [self._dead_letter(raw, key, exc.error_type, exc.message, "validate", source, exc.request_id)]
         try:
             return await self._classify(request)
         except Exception as exc:  # a bug must not stop the worker or lose the message
             log.exception("internal error on %s/%s@%s", source.topic, source.partition, source.offset)
             summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:500]
-            return self._dead_letter(raw, key, "internal_error", f"unexpected error: {summary}", "classify", source, request.id)
+            return [self._dead_letter(raw, key, "internal_error", f"unexpected error: {summary}", "classify",
+                                      source, request.id)]
 
-    async def _classify(self, request: ClassificationRequest) -> Output:
+    async def _classify(self, request: ClassificationRequest) -> list[Output]:
         task = self.tasks.tasks[request.task]
         calibrator = self.calibrators[task.name]
         reply: ModelReply | None = None
@@ -70,19 +111,24 @@ class Classifier:
         if reply is None:
             decision = Route("review", "model_error", -1)
         elif reply.top_logprobs is None:
-            decision = route(None, 0.0, task.review_threshold, task.min_label_mass)
+            decision = route(None, 0.0, None, task.min_label_mass)
         else:
             scores = label_scores(reply.top_logprobs, self.matchers[task.name])
             raw_p, mass = scores.probabilities, scores.label_mass
             calibrated = calibrator.transform(raw_p) if mass > 0 else raw_p
             entropy = normalised_entropy(calibrated) if mass > 0 else None
-            decision = route(calibrated, mass, task.review_threshold, task.min_label_mass)
-        record = classification_record(
-            request, task.labels, decision, raw_p, calibrated, entropy, mass, reply,
-            task.model.name, calibrator.version, model_error,
-        )
-        topic = "results" if decision.decision == "auto" else "review"
-        return Output(topic, request.id.encode(), orjson.dumps(record))
+            decision = route(calibrated, mass, self.threshold(task), task.min_label_mass)
+
+        def build(d: Route, audit: bool = False) -> Output:
+            record = classification_record(request, task.labels, d, raw_p, calibrated, entropy, mass, reply,
+                                           task.model.name, calibrator.version, model_error, audit)
+            return Output("results" if d.decision == "auto" else "review", request.id.encode(), orjson.dumps(record))
+
+        outputs = [build(decision)]
+        if decision.decision == "auto" and task.audit_rate > 0 and audit_draw(request.id) < task.audit_rate:
+            # Labels from audited confident items keep accuracy on auto-accepted traffic measurable.
+            outputs.append(build(Route("review", "audit", decision.label_index), audit=True))
+        return outputs
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, error_type: str, message: str,
                      stage: str, source: Source, request_id: str | None) -> Output:

@@ -314,7 +314,9 @@ def test_service_outputs_match_their_topic_schema(text: str, topic: str, reason:
 
     classifier = Classifier(tasks, _FakeModel(), MAX_TEXT, EXCERPT)  # type: ignore[arg-type]
     raw = orjson.dumps({"id": "r1", "task": "sentiment", "text": text})
-    out = asyncio.run(classifier.process(raw, b"r1", SOURCE))
+    outs = asyncio.run(classifier.process(raw, b"r1", SOURCE))
+    assert len(outs) == 1
+    out = outs[0]
     assert out.topic == topic
     rec = orjson.loads(out.value)
     assert rec.get("review_reason") == reason
@@ -325,7 +327,7 @@ def test_service_dead_letter_matches_schema(tasks: TaskRegistry) -> None:
     from streams.classify.service import Classifier
 
     classifier = Classifier(tasks, _FakeModel(), MAX_TEXT, EXCERPT)  # type: ignore[arg-type]
-    out = asyncio.run(classifier.process(b"not json", None, SOURCE))
+    (out,) = asyncio.run(classifier.process(b"not json", None, SOURCE))
     assert out.topic == "deadletter"
     schemas.validate(schemas.SCHEMA_FOR_TOPIC[out.topic], orjson.loads(out.value))
 
@@ -341,6 +343,7 @@ def test_feedback_calibrator_and_alert_examples() -> None:
     metrics = {"ece": 0.08, "brier": 0.2, "nll": 0.5}
     calibrator = {"task": "sentiment", "model": "gemma-3-270m", "method": "temperature",
                   "params": {"temperature": 1.7}, "version": "temperature-3", "fit_size": 500,
+                  "labels": ["positive", "negative"], "n_classes": 2,
                   "metrics_before": {**metrics, "mce": 0.3}, "metrics_after": {"ece": 0.02, "brier": 0.18, "nll": 0.4},
                   "fitted_at": "2025-01-01T00:00:00Z", "schema_version": 1}
     schemas.validate("calibrator", calibrator)

@@ -1,0 +1,55 @@
+"""Reading a whole topic exactly, for state that must not come back stale (calibrators, examples).
+
+`end_offsets()` is not trusted: Tansu answers ListOffsets(latest) with the last batch's base
+offset + 1, so it can stop short of the real end (tests/integration/test_tansu_quirks.py). The
+fetch high watermark is exact, so a topic is "read" once every partition's position has reached the
+high watermark reported by a fetch response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+async def assign_all(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
+    """Assign every partition of `topic` (no consumer group: every reader sees everything)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            return tps
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topic {topic} has no partitions after {timeout_s:.0f}s; is it created?")
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call for this
+        await asyncio.sleep(0.2)
+
+
+def caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition], positions: dict[TopicPartition, int]) -> bool:
+    for tp in tps:
+        hw = consumer.highwater(tp)
+        if hw is None or positions.get(tp, 0) < hw:
+            return False
+    return True
+
+
+async def read_to_high_watermark(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                                 timeout_s: float = 30.0) -> AsyncIterator[ConsumerRecord]:
+    """Yield every record currently in the assigned partitions, up to the exact fetch high watermark."""
+    positions = {tp: await consumer.position(tp) for tp in tps}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not caught_up(consumer, tps, positions):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"could not read {sorted({tp.topic for tp in tps})} to its end within {timeout_s:.0f}s")
+        batch = await consumer.getmany(*tps, timeout_ms=200)
+        for tp, records in batch.items():
+            for record in records:
+                positions[tp] = record.offset + 1
+                yield record
+        for tp in tps:  # empty partitions: the position is what the fetcher reached
+            positions[tp] = max(positions[tp], await consumer.position(tp))
