@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean
+.PHONY: demo test clean bench-calibration
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; run: make PYTHON=python3.11 ...")'
@@ -30,3 +30,21 @@ test: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Calibration benchmarks (bench/README.md). Their own venv: netcal needs torch, which the service never
+# does. torch is installed FIRST and pinned to the 2.13.0 CPU wheel; any other version would make pip
+# fetch gigabytes of CUDA wheels. [local] is there to score the Rotten Tomatoes snippets with the local
+# model when bench/rt_scores.py has no cached scores yet (a quarter of an hour on 2 cores, once).
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+$(BENCH_VENV)/.installed-bench: pyproject.toml
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet '$(TORCH)'
+	$(BENCH_PY) -m pip install --quiet -e '.[local,bench]'
+	@touch $@
+
+bench-calibration: $(BENCH_VENV)/.installed-bench
+	$(BENCH_PY) bench/calibration_eval.py $(ARGS)
+	$(BENCH_PY) bench/netcal_compare.py $(ARGS)

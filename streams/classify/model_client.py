@@ -1,19 +1,46 @@
 """The model call: one chat completion with first-token logprobs through `openai.AsyncOpenAI`.
 
-Works against any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama). Retries with
-exponential backoff and jitter, honouring Retry-After, are the openai client's own (`max_retries`).
-What comes back is reduced to plain data so the statistics never see an SDK object.
+Works against any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama). What comes back
+is reduced to plain data so the statistics never see an SDK object. Three layers of protection, from
+the inside out:
+
+1. **The openai client's own retries** (`max_retries`) for 408/409/429/5xx answers, timeouts and
+   connection errors: exponential backoff 0.5 s * 2^n capped at 8 s, minus up to 25 % jitter; a server
+   delay is honoured instead when the answer carries `retry-after-ms` (milliseconds, preferred) or
+   `Retry-After` (seconds, fractions accepted, or an HTTP date), if it is in (0, 120] s; above 120 s
+   the client does not retry (`openai/_base_client.py`: `_parse_retry_after_header`,
+   `_calculate_retry_timeout`, `_should_retry`).
+2. **A retry loop here for unusable 200 answers** (truncated or non-JSON bodies, missing fields), which
+   the openai client returns or raises without retrying: up to `max_retries` more calls with
+   exponential backoff and full jitter (`uniform(0, min(8, 0.5 * 2^n))` s).
+3. **A circuit breaker per endpoint** (`streams.classify.circuit`). Each call's outcome, after the
+   openai client's retries, is recorded: 5xx, 408, 429, timeouts, connection errors and unusable
+   bodies count as failures; other 4xx answers (bad request, auth) do not, since the endpoint is up.
+   While the breaker is open, calls *wait* (jittered polling) instead of reaching the endpoint; that
+   is back-pressure, since an item must never be dropped. In half-open, the admitted probe runs with
+   no openai-level retries, so a still-broken endpoint is detected with one request. A call that
+   cannot be admitted before its deadline (`timeout_s * (max_retries + 1)` from its start) raises
+   `ModelError("circuit_open")`, which the service sends to review like any other model error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
+from streams.classify.circuit import HALF_OPEN, CircuitBreaker
 from streams.errors import ModelError
 from streams.tasks import ModelEndpoint, Task
+
+BAD_RESPONSE_BACKOFF_S = 0.5  # first backoff before re-asking after an unusable 200 answer (as openai's)
+BAD_RESPONSE_MAX_BACKOFF_S = 8.0
+CIRCUIT_POLL_S = 0.05  # how often a caller waiting on a half-open breaker looks again (plus jitter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +54,42 @@ class ModelReply:
     model: str
 
 
+class _Trouble(Exception):
+    """An attempt failed; `error` is what to raise if no retry follows, `endpoint_fault` feeds the breaker."""
+
+    def __init__(self, error: ModelError, endpoint_fault: bool, retry_here: bool = False) -> None:
+        self.error = error
+        self.endpoint_fault = endpoint_fault
+        self.retry_here = retry_here  # retried by this class (bad bodies), not by the openai client
+
+
+def _default_breaker() -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=5, window=10, open_for_s=2.0, half_open_max_calls=1, max_open_for_s=60.0)
+
+
 class ModelClient:
     """One `AsyncOpenAI` per endpoint, shared by every in-flight call (its pool allows 1000 connections)."""
 
-    def __init__(self, timeout_s: float, max_retries: int) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        max_retries: int,
+        *,
+        breaker_factory: Callable[[], CircuitBreaker] | None = None,
+        bad_response_backoff_s: float = BAD_RESPONSE_BACKOFF_S,
+        circuit_poll_s: float = CIRCUIT_POLL_S,
+    ) -> None:
         self._timeout_s = timeout_s
         self._max_retries = max_retries
+        self._breaker_factory = breaker_factory or _default_breaker
+        self._bad_response_backoff_s = bad_response_backoff_s
+        self._circuit_poll_s = circuit_poll_s
         self._clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
+        self._probe_clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
+        #: One breaker per endpoint base URL; `snapshot()` of each is JSON-able, for metrics.
+        self.breakers: dict[str, CircuitBreaker] = {}
 
-    def _client(self, endpoint: ModelEndpoint) -> openai.AsyncOpenAI:
+    def _client(self, endpoint: ModelEndpoint, probe: bool = False) -> openai.AsyncOpenAI:
         key = (endpoint.base_url, endpoint.api_key_env)
         client = self._clients.get(key)
         if client is None:
@@ -46,14 +100,78 @@ class ModelClient:
                 max_retries=self._max_retries,
             )
             self._clients[key] = client
-        return client
+        if not probe:
+            return client
+        prober = self._probe_clients.get(key)
+        if prober is None:  # same connection pool, no retries: a probe answers "is it back?" with one request
+            prober = self._probe_clients[key] = client.with_options(max_retries=0)
+        return prober
+
+    def breaker(self, endpoint: ModelEndpoint) -> CircuitBreaker:
+        breaker = self.breakers.get(endpoint.base_url)
+        if breaker is None:
+            breaker = self.breakers[endpoint.base_url] = self._breaker_factory()
+        return breaker
+
+    async def _admit(self, breaker: CircuitBreaker, deadline: float, last: ModelError | None) -> bool:
+        """Wait until the breaker lets a call through; True when it is a half-open probe."""
+        while not breaker.allow():
+            now = time.monotonic()
+            if now >= deadline:
+                after = f"; last error {last.kind}: {last.message}" if last else ""
+                raise ModelError("circuit_open", f"endpoint circuit still open after waiting {self.deadline_s:g}s"
+                                 f"{after}")
+            wait = breaker.retry_in() or self._circuit_poll_s
+            wait *= 1 + 0.2 * random.random()  # callers do not all come back at the same instant
+            await asyncio.sleep(min(wait, deadline - now))
+        return breaker.state == HALF_OPEN
+
+    @property
+    def deadline_s(self) -> float:
+        """How long one call may wait on an open circuit, counted from its start."""
+        return self._timeout_s * (self._max_retries + 1)
 
     async def first_token(self, task: Task, text: str) -> ModelReply:
         """Ask for one token with its top logprobs; raise ModelError once retries are spent."""
         endpoint = task.model
+        breaker = self.breaker(endpoint)
+        deadline = time.monotonic() + self.deadline_s
+        last: ModelError | None = None
+        bad_tries = 0
+        while True:
+            probe = await self._admit(breaker, deadline, last)
+            verdict = False
+            failed: _Trouble
+            try:
+                reply = await self._call(endpoint, task, text, probe)
+                breaker.record_success()
+                verdict = True
+                return reply
+            except _Trouble as trouble:
+                if trouble.endpoint_fault:
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()  # the endpoint answered; the request was at fault
+                verdict = True
+                failed, last = trouble, trouble.error
+            finally:
+                if not verdict and probe:  # cancelled (or a bug): free the probe slot rather than wedge half-open
+                    breaker.release()
+            if failed.retry_here:
+                bad_tries += 1
+                if bad_tries > self._max_retries:
+                    raise ModelError(last.kind, f"{last.message} ({bad_tries} tries)")
+                cap = min(BAD_RESPONSE_MAX_BACKOFF_S, self._bad_response_backoff_s * 2 ** (bad_tries - 1))
+                await asyncio.sleep(random.uniform(0, cap))  # full jitter
+            elif not (probe and failed.endpoint_fault):
+                raise last
+            # A failed probe (sent without retries) re-opened the breaker: its item waits for the next
+            # probe like every other caller, until the deadline, rather than going to review early.
+
+    async def _call(self, endpoint: ModelEndpoint, task: Task, text: str, probe: bool) -> ModelReply:
         started = time.perf_counter()
         try:
-            resp = await self._client(endpoint).chat.completions.create(
+            resp: Any = await self._client(endpoint, probe).chat.completions.create(
                 model=endpoint.name,
                 messages=task.prompt.messages(text),  # type: ignore[arg-type]
                 max_tokens=1,
@@ -62,36 +180,54 @@ class ModelClient:
                 top_logprobs=endpoint.top_logprobs,
             )
         except openai.APIStatusError as exc:
-            raise ModelError("http_status", f"endpoint answered HTTP {exc.status_code} after retries") from None
+            status = exc.status_code
+            trouble = status >= 500 or status in (408, 409, 429)
+            raise _Trouble(ModelError("http_status", f"endpoint answered HTTP {status} after retries"),
+                           trouble) from None
         except openai.APITimeoutError:
-            raise ModelError("timeout", f"no answer within {self._timeout_s:g}s after retries") from None
+            raise _Trouble(ModelError("timeout", f"no answer within {self._timeout_s:g}s after retries"),
+                           True) from None
         except openai.APIConnectionError:
-            raise ModelError("connection", "could not connect to the model endpoint after retries") from None
-        except (openai.OpenAIError, ValueError) as exc:
-            raise ModelError("bad_response", f"unusable response: {type(exc).__name__}") from None
+            raise _Trouble(ModelError("connection", "could not connect to the model endpoint after retries"),
+                           True) from None
+        except (openai.OpenAIError, ValueError) as exc:  # e.g. a truncated JSON body (JSONDecodeError)
+            raise _Trouble(ModelError("bad_response", f"unusable response: {type(exc).__name__}"),
+                           True, retry_here=True) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if not resp.choices:
-            raise ModelError("bad_response", "response has no choices")
-        choice = resp.choices[0]
-        content = choice.logprobs.content if choice.logprobs is not None else None
-        top: list[tuple[str, float]] | None = None
-        chosen_token = chosen_lp = None
-        if content:
-            first = content[0]
-            chosen_token, chosen_lp = first.token, float(first.logprob)
-            top = [(t.token, float(t.logprob)) for t in (first.top_logprobs or [])] or None
-        usage = resp.usage
-        return ModelReply(
-            top_logprobs=top,
-            chosen_token=chosen_token,
-            chosen_logprob=chosen_lp,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            latency_ms=latency_ms,
-            model=endpoint.name,
-        )
+        try:
+            return _reply(resp, latency_ms, endpoint.name)
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            raise _Trouble(ModelError("bad_response", f"unusable response: {exc}"[:300]),
+                           True, retry_here=True) from None
 
     async def close(self) -> None:
         for client in self._clients.values():
-            await client.close()
+            await client.close()  # the probe clients share these connection pools
         self._clients.clear()
+        self._probe_clients.clear()
+
+
+def _reply(resp: Any, latency_ms: float, model: str) -> ModelReply:
+    """Plain data out of a ChatCompletion; raises on anything else (a non-JSON body arrives as a str)."""
+    if not isinstance(resp, openai.types.chat.ChatCompletion):
+        raise TypeError(f"expected a chat completion, got {type(resp).__name__}")
+    if not resp.choices:
+        raise ValueError("response has no choices")
+    choice = resp.choices[0]
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    top: list[tuple[str, float]] | None = None
+    chosen_token = chosen_lp = None
+    if content:
+        first = content[0]
+        chosen_token, chosen_lp = str(first.token), float(first.logprob)
+        top = [(str(t.token), float(t.logprob)) for t in (first.top_logprobs or [])] or None
+    usage = resp.usage
+    return ModelReply(
+        top_logprobs=top,
+        chosen_token=chosen_token,
+        chosen_logprob=chosen_lp,
+        prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+        completion_tokens=int(usage.completion_tokens) if usage else 0,
+        latency_ms=latency_ms,
+        model=model,
+    )

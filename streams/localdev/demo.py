@@ -1,9 +1,10 @@
-"""The main job on embedded defaults: broker + local model + worker + sample traffic, results live.
+"""The main job on embedded defaults: broker + local model + calibration + worker + sample traffic.
 
-`python -m streams demo` starts Tansu and the Gemma model server, starts a real worker
-(`python -m streams worker`) against them, publishes Rotten Tomatoes snippets (true label in
-`metadata`) plus a few malformed requests, prints every output as it arrives, and ends with a
-summary: throughput, accuracy against the known labels, review rate, dead letters.
+`python -m streams demo` starts Tansu and the Gemma model server, fits a calibrator on labelled
+snippets with `python -m streams calibrate` (disjoint from the traffic), starts a real worker
+(`python -m streams worker`), publishes Rotten Tomatoes snippets (true label in `metadata`) plus a
+few malformed requests, prints every output as it arrives, and ends with a summary: throughput,
+accuracy against the known labels, review rate, dead letters.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Tally:
         self.truth = truth
         self.seen: dict[str, str] = {}
         self.received = 0
+        self.audited = 0
+        self.calibrators = Counter[str]()
         self.correct = Counter[str]()
         self.labelled = Counter[str]()
         self.dead = Counter[str]()
@@ -65,13 +68,17 @@ class Tally:
         now = time.monotonic()
         self.first_at = self.first_at or now
         self.last_at = now
-        self.received += 1
         rid = record.get("id")
+        if record.get("audit"):
+            self.audited += 1
+            return f"  audit  {str(record.get('label')):<7} (copy of an auto-accepted item, for a reviewer to check)"
+        self.received += 1
         if topic == "deadletter":
             self.dead[record["error_type"]] += 1
             return f"  dead letter  {record['error_type']:<14} {_short(record['message'], 80)}"
         decision = record["decision"]
         self.seen.setdefault(rid, decision)
+        self.calibrators[record.get("calibrator_version") or "?"] += 1
         if record.get("latency_ms") is not None:
             self.latencies.append(record["latency_ms"])
         label, conf = record.get("label"), record.get("confidence")
@@ -106,6 +113,7 @@ def summary(t: Tally, sent: int, elapsed: float) -> str:
     auto, review = outcomes.get("auto", 0), outcomes.get("review", 0)
     lines.append(f"auto-accepted        {auto}")
     lines.append(f"sent to review       {review}  (review rate {review / max(valid, 1):.1%})")
+    lines.append(f"audit copies         {t.audited} auto-accepted items also sent to review for checking")
     if t.labelled["auto"]:
         lines.append(f"accuracy, auto       {t.correct['auto'] / t.labelled['auto']:.3f} on {t.labelled['auto']} items")
     n_all = t.labelled["auto"] + t.labelled["review"]
@@ -116,7 +124,23 @@ def summary(t: Tally, sent: int, elapsed: float) -> str:
         lat = np.asarray(t.latencies)
         lines.append(f"model latency        p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms")
     lines.append(f"dead letters         {sum(t.dead.values())}: {dict(t.dead)}")
+    lines.append(f"calibrator           {', '.join(f'{v} ({n})' for v, n in t.calibrators.most_common())}")
     return "\n".join(lines)
+
+
+def calibrate(count: int, workdir: Path) -> None:
+    """Fit and publish a calibrator on labelled snippets from the end of the shuffled corpus."""
+    from streams.calibration import commands
+
+    labelled = workdir / "labelled.jsonl"
+    labelled.write_bytes(b"\n".join(orjson.dumps({"id": f"cal-{i}", "text": ex.text, "label": ex.label})
+                                    for i, ex in enumerate(load_reviews()[-count:])))
+    print(f"\ncalibrating on {count} labelled snippets (not part of the traffic): "
+          f"python -m streams calibrate --task {TASK} --data {labelled}", flush=True)
+    rc = commands.main(["--task", TASK, "--data", str(labelled), "--out", str(workdir / "calibration")])
+    if rc != 0:
+        raise SystemExit(f"calibration failed with exit code {rc}")
+    print(flush=True)
 
 
 async def traffic(settings: Settings, count: int, timeout_s: float) -> bool:
@@ -158,6 +182,8 @@ async def traffic(settings: Settings, count: int, timeout_s: float) -> bool:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams demo", description=__doc__)
     parser.add_argument("--count", type=int, default=150, help="sample reviews to classify")
+    parser.add_argument("--calibrate", type=int, default=200,
+                        help="labelled snippets to fit a calibrator on first (0: raw probabilities)")
     parser.add_argument("--tasks", default="config/tasks.toml", help="task file (needs the movie_sentiment task)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--max-in-flight", type=int, default=32)
@@ -186,6 +212,9 @@ def main(argv: list[str]) -> int:
             settings = Settings.from_env(env)
             load_tasks(settings.tasks_file, env)  # fail here, readably, rather than in the worker's log
             asyncio.run(ensure_topics(settings))
+            if args.calibrate > 0:
+                os.environ.update(env)  # the calibrate command reads the same settings as the worker
+                calibrate(args.calibrate, workdir)
             print("starting a worker: python -m streams worker ...", flush=True)
             worker = ChildProcess("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"],
                                   workdir / "worker.log", env)

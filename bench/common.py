@@ -1,0 +1,161 @@
+"""What the calibration benchmarks share: the scored items as arrays, the service's filter, seeded splits.
+
+`calibration_eval.py` and `netcal_compare.py` must judge calibrators on exactly the same items and
+splits, so loading, filtering and splitting live here once. Items the service would never calibrate
+(failed model calls, and answers whose label mass is below the task's `min_label_mass`, which are
+routed to review before any calibrator sees them) are counted and left out.
+
+`synthetic_records` produces records in the cache file's format from a known temperature, so both
+scripts can be run (`--synthetic`) without the quarter of an hour of model scoring.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.calibration.fitting import stratified_split
+from streams.tasks import Task, load_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = REPO / "config" / "tasks.toml"
+TASK_NAME = "movie_sentiment"
+OUT = REPO / "bench" / "out"
+
+HEADLINE_SEED = 0
+"""Seed of the one split whose full table is printed; the stability runs use other seeds."""
+FIT_SHARE = 0.5
+"""Held-out evaluation: fit 50% / test 50%."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Usable items as arrays, plus how many were dropped and why (reported, never hidden)."""
+
+    labels: tuple[str, ...]
+    probs: np.ndarray  # (n_usable, K) raw label probabilities, columns in `labels` order
+    y: np.ndarray  # (n_usable,) true label index
+    n_scored: int
+    n_errors: int
+    n_low_mass: int
+    min_label_mass: float
+    source: str
+
+
+def movie_task() -> Task:
+    """The task as the service loads it, so labels, min_label_mass and methods are the deployed ones."""
+    task = load_tasks(TASKS, os.environ).get(TASK_NAME)
+    if task is None:
+        raise SystemExit(f"task {TASK_NAME!r} not found in {TASKS}")
+    return task
+
+
+def usable(records: Iterable[dict[str, Any]], labels: tuple[str, ...], min_label_mass: float,
+           source: str) -> Scores:
+    """Keep items the service would calibrate: no error and label_mass >= min_label_mass."""
+    index = {label: i for i, label in enumerate(labels)}
+    rows: list[list[float]] = []
+    ys: list[int] = []
+    n_scored = n_errors = n_low_mass = 0
+    for rec in records:
+        n_scored += 1
+        if "error" in rec or rec.get("raw_probabilities") is None:
+            n_errors += 1
+        elif float(rec["label_mass"]) < min_label_mass:
+            n_low_mass += 1
+        else:
+            rows.append([float(rec["raw_probabilities"][label]) for label in labels])
+            ys.append(index[rec["label"]])
+    probs = np.asarray(rows, dtype=np.float64).reshape(-1, len(labels))
+    return Scores(labels, probs, np.asarray(ys, dtype=np.intp), n_scored, n_errors, n_low_mass,
+                  min_label_mass, source)
+
+
+def load_scores(synthetic: bool = False) -> Scores:
+    """The cached Rotten Tomatoes scores of the local model (scored on first use), or synthetic ones."""
+    task = movie_task()
+    if synthetic:
+        return usable(synthetic_records(3000, seed=7, labels=task.labels), task.labels, task.min_label_mass,
+                      "synthetic (temperature 2.0)")
+    from bench.rt_scores import cache_path, rt_scores  # imports the model client; not needed for --synthetic
+
+    records = rt_scores()
+    return usable(records, task.labels, task.min_label_mass, f"Gemma 3 270M on Rotten Tomatoes ({cache_path(3000, 101).name})")
+
+
+def split(y: np.ndarray, shares: tuple[float, ...], seed: int) -> tuple[np.ndarray, ...]:
+    """Indices of len(shares) disjoint parts, each stratified by label, shares summing to 1.
+
+    Chains `stratified_split` (the service's own split): peel off the first share, split the rest.
+    """
+    if not np.isclose(sum(shares), 1.0) or min(shares) <= 0:
+        raise ValueError(f"shares must be positive and sum to 1, got {shares}")
+    parts: list[np.ndarray] = []
+    rest = np.arange(len(y))
+    remaining = 1.0
+    for i, share in enumerate(shares[:-1]):
+        first, other = stratified_split(y[rest], 1.0 - share / remaining, seed + 7919 * i)
+        parts.append(rest[first])
+        rest = rest[other]
+        remaining -= share
+    parts.append(rest)
+    return tuple(parts)
+
+
+def heldout_split(y: np.ndarray, seed: int = HEADLINE_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The fit 50% / test 50% split both scripts report on."""
+    fit, test = split(y, (FIT_SHARE, 1.0 - FIT_SHARE), seed)
+    return fit, test
+
+
+def synthetic_probs(n: int, temperature: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probs (n, 2), y) from a model whose log-odds are the true ones times `temperature`.
+
+    True log-odds z ~ N(0.3, 1.5^2), y ~ Bernoulli(sigmoid(z)); the reported probability is
+    sigmoid(temperature * z), so temperature scaling should recover T = `temperature`.
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.3, 1.5, n)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.intp)
+    p1 = 1.0 / (1.0 + np.exp(-temperature * z))
+    return np.column_stack([1.0 - p1, p1]), y
+
+
+def synthetic_records(n: int, seed: int, labels: tuple[str, ...], temperature: float = 2.0) -> list[dict[str, Any]]:
+    """Records in the cache file's format, with some failed calls and low label mass mixed in."""
+    probs, y = synthetic_probs(n, temperature, seed)
+    rng = np.random.default_rng(seed + 1)
+    mass = rng.beta(8.0, 1.0, n)  # mostly near 1, a tail below 0.5 like a small model's
+    failed = rng.random(n) < 0.005
+    records: list[dict[str, Any]] = []
+    for i in range(n):
+        rec: dict[str, Any] = {"id": f"synthetic-{i:05d}", "label": labels[y[i]]}
+        if failed[i]:
+            rec["error"] = "timeout: synthetic"
+        else:
+            rec["label_mass"] = float(mass[i])
+            rec["raw_probabilities"] = dict(zip(labels, probs[i].tolist()))
+        records.append(rec)
+    return records
+
+
+def describe(scores: Scores) -> str:
+    """One block: how many items, how many dropped and why, class balance, raw accuracy."""
+    counts = np.bincount(scores.y, minlength=len(scores.labels))
+    n = len(scores.y)
+    balance = ", ".join(f"{label} {c} ({c / n:.1%})" for label, c in zip(scores.labels, counts))
+    raw_acc = float(np.mean(scores.probs.argmax(axis=1) == scores.y)) if n else float("nan")
+    return "\n".join([
+        f"source:     {scores.source}",
+        f"scored:     {scores.n_scored}",
+        f"dropped:    {scores.n_errors} failed calls, {scores.n_low_mass} with label_mass < "
+        f"{scores.min_label_mass} (routed to review by the service, not calibration data)",
+        f"usable:     {n}",
+        f"balance:    {balance}",
+        f"raw accuracy (usable items, top label): {raw_acc:.4f}",
+    ])
