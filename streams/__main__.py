@@ -1,6 +1,6 @@
 """`python -m streams ...` (console script `llm-classify`).
 
-Local commands (`demo`, `calibrate`, `broker`, `serve-model`, `synthetic-model`) run without the
+Local commands (`demo`, `calibrate`, `drift`, `broker`, `serve-model`, `synthetic-model`) run without the
 Faust app; everything else (`worker`, ...) is Faust's own command line on the configured app.
 """
 
@@ -13,6 +13,7 @@ from streams.errors import ConfigError
 LOCAL_COMMANDS = {
     "demo": "streams.localdev.demo",
     "calibrate": "streams.calibration.commands",
+    "drift": "streams.drift.commands",
     "broker": "streams.localdev.broker",
     "serve-model": "streams.localdev.model_server",
     "synthetic-model": "streams.localdev.synthetic_model",

@@ -6,11 +6,17 @@ stops before it joins a consumer group, with a message that names what to fix.
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
 from streams.settings import Settings
 from streams.tasks import load_tasks
 from streams.topics import ensure_topics
+
+# One INFO line per model call drowns the worker's own log; errors still show.
+for _noisy in ("httpx", "httpx2"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 settings = Settings.from_env()
 tasks = load_tasks(settings.tasks_file)
@@ -23,14 +29,17 @@ class ClassifyApp(faust.App):
         await ensure_topics(settings)
         # Before any request is classified: every task's newest calibrator, read to the exact end.
         from streams.classify.agents import calibrator_feed
+        from streams.drift.agents import baseline_feed
 
-        applied = await calibrator_feed.load()
-        self.log.info("loaded %d calibrator record(s)", applied)
+        self.log.info("loaded %d calibrator record(s)", await calibrator_feed.load())
+        self.log.info("loaded %d drift baseline record(s)", await baseline_feed.load())
 
     async def on_stop(self) -> None:
         from streams.classify.agents import calibrator_feed
+        from streams.drift.agents import baseline_feed
 
         await calibrator_feed.stop()
+        await baseline_feed.stop()
         await super().on_stop()
 
 
@@ -74,3 +83,4 @@ topics: dict[str, faust.TopicT] = {logical: _topic(logical) for logical in setti
 # without the agents in that module: a worker missing an agent must not start.
 from streams.classify import agents as _classify_agents  # noqa: E402,F401
 from streams.calibration import agents as _calibration_agents  # noqa: E402,F401
+from streams.drift import agents as _drift_agents  # noqa: E402,F401

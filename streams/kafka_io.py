@@ -9,9 +9,15 @@ high watermark reported by a fetch response.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
+
+log = logging.getLogger(__name__)
 
 
 async def assign_all(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
@@ -53,3 +59,56 @@ async def read_to_high_watermark(consumer: AIOKafkaConsumer, tps: list[TopicPart
                 yield record
         for tp in tps:  # empty partitions: the position is what the fetcher reached
             positions[tp] = max(positions[tp], await consumer.position(tp))
+
+
+class TopicFeed:
+    """Applies every JSON record of a topic in order: all existing ones first (read to the exact high
+    watermark), then new ones as they arrive. No consumer group: every process sees every record,
+    which is what state that each worker must hold in full (calibrators, baselines) needs."""
+
+    def __init__(self, bootstrap: str, topic: str, apply: Callable[[dict[str, Any]], bool]) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.apply = apply
+        self.consumer: AIOKafkaConsumer | None = None
+        self.tps: list[TopicPartition] = []
+        self.applied = 0
+
+    def _offer(self, value: bytes | None) -> None:
+        if not value:
+            return
+        try:
+            if self.apply(orjson.loads(value)):
+                self.applied += 1
+        except Exception:  # a bad record must not stop the worker or block newer ones
+            log.exception("ignoring an unusable record on %s", self.topic)
+
+    async def load(self, timeout_s: float = 60.0) -> int:
+        """Read the topic to its exact end, applying each record; return how many applied."""
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                         group_id=None, auto_offset_reset="earliest")
+        await self.consumer.start()
+        self.tps = await assign_all(self.consumer, self.topic, timeout_s)
+        async for record in read_to_high_watermark(self.consumer, self.tps, timeout_s):
+            self._offer(record.value)
+        return self.applied
+
+    async def follow(self) -> None:
+        """Apply new records until cancelled or stopped."""
+        assert self.consumer is not None, "call load() first"
+        while True:
+            try:
+                batch = await self.consumer.getmany(*self.tps, timeout_ms=1000)
+            except (asyncio.CancelledError, ConsumerStoppedError):
+                raise
+            except Exception:
+                log.exception("feed of %s: fetch failed; retrying", self.topic)
+                await asyncio.sleep(1)
+                continue
+            for records in batch.values():
+                for record in records:
+                    self._offer(record.value)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()

@@ -29,6 +29,9 @@ SCHEMA_NAMES = (
     "calibrator",
     "labelled_example",
     "drift_alert",
+    "drift_summary",
+    "drift_baseline",
+    "drift_status",
 )
 
 #: Logical topic name (as in streams.settings.TOPIC_NAMES) -> schema of its values.
@@ -41,6 +44,9 @@ SCHEMA_FOR_TOPIC = {
     "calibrators": "calibrator",
     "examples": "labelled_example",
     "alerts": "drift_alert",
+    "drift_summaries": "drift_summary",
+    "baselines": "drift_baseline",
+    "drift_status": "drift_status",
 }
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")

@@ -45,6 +45,9 @@ TOPIC_NAMES: dict[str, str] = {
     "calibrators": "classify.calibrators",
     "examples": "classify.examples",
     "alerts": "drift.alerts",
+    "drift_summaries": "drift.summaries",
+    "baselines": "drift.baselines",
+    "drift_status": "drift.status",
 }
 
 

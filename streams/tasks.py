@@ -82,6 +82,23 @@ class CalibrationPolicy:
 
 
 @dataclass(frozen=True)
+class DriftPolicy:
+    """Windows, tests and canaries for this task's drift alerts."""
+
+    window_s: float  # tumbling window length (the unit of verdicts)
+    hop_s: float  # step of the hopping windows kept alongside (smoother view for operators)
+    alpha: float  # family-wise false-alarm level per window (G-tests, Holm over families)
+    min_effect: float  # smallest JS divergence (bits) worth an alert, whatever the p-value
+    confirm_windows: int  # consecutive drifted windows before an episode opens
+    clear_windows: int  # consecutive clean windows before it recovers
+    canaries: tuple[str, ...]  # fixed prompts re-run to tell model drift from data drift
+    canary_repeats: int
+    canary_interval_s: float
+    canary_min_effect: float  # nats of token-wise KL
+    webhook_url: str | None
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     labels: tuple[str, ...]
@@ -95,6 +112,7 @@ class Task:
     failure_probability: float = 0.1
     audit_rate: float = 0.0
     calibration: CalibrationPolicy = CalibrationPolicy(200, 100, 0.3, CALIBRATION_METHODS)
+    drift: DriftPolicy = DriftPolicy(300.0, 150.0, 2e-4, 0.005, 1, 3, (), 3, 300.0, 0.02, None)
 
 
 @dataclass(frozen=True)
@@ -249,6 +267,32 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
         methods=tuple(m for m in methods_raw if m in CALIBRATION_METHODS),
     )
 
+    dr = r.table_at("drift")
+    window_s = dr.number("window_s", 300.0, 1.0, 7 * 86400.0)
+    hop_s = dr.number("hop_s", window_s / 2, 0.5, 7 * 86400.0)
+    if hop_s > window_s:
+        problems.append(f"{path}.drift.hop_s: {hop_s} is longer than window_s {window_s}; use a step <= the window")
+    canaries = dr.list_at("canaries")
+    for i, c in enumerate(canaries):
+        if not isinstance(c, str) or not c.strip():
+            problems.append(f"{path}.drift.canaries[{i}]: must be a non-empty string")
+    webhook = dr.string("webhook_url") or None
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        problems.append(f"{path}.drift.webhook_url: {webhook!r} must start with http:// or https://")
+    drift = DriftPolicy(
+        window_s=window_s,
+        hop_s=hop_s,
+        alpha=dr.number("alpha", 2e-4, 1e-9, 0.5),
+        min_effect=dr.number("min_effect", 0.005, 0.0, 1.0),
+        confirm_windows=dr.integer("confirm_windows", 1, 1, 1000),
+        clear_windows=dr.integer("clear_windows", 3, 1, 1000),
+        canaries=tuple(c for c in canaries if isinstance(c, str) and c.strip()),
+        canary_repeats=dr.integer("canary_repeats", 3, 2, 100),
+        canary_interval_s=dr.number("canary_interval_s", 300.0, 0.5, 7 * 86400.0),
+        canary_min_effect=dr.number("canary_min_effect", 0.02, 0.0, 100.0),
+        webhook_url=webhook,
+    )
+
     if not name or not labels:
         return None
     return Task(
@@ -263,6 +307,7 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
         failure_probability=failure_probability,
         audit_rate=audit_rate,
         calibration=policy,
+        drift=drift,
     )
 
 

@@ -18,7 +18,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 #: Topics whose latest record per key is the state (compacted where the broker supports it).
-COMPACTED = ("calibrators",)
+COMPACTED = ("calibrators", "baselines", "drift_status")
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:

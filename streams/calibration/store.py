@@ -1,4 +1,4 @@
-"""Calibrators on the compacted calibrators topic: publish, load the newest at start, follow for hot reload.
+"""Calibrator records on the compacted calibrators topic: build, restore, and feed them to workers.
 
 Every worker must apply every task's calibrator, so each reads the whole topic itself (no consumer
 group) rather than through a Faust agent, whose group would hand each partition to one worker only,
@@ -8,23 +8,15 @@ The initial load reads to the exact fetch high watermark before the worker class
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import ConsumerStoppedError
-
 from streams.calibration.calibrators import Calibrator, from_dict, to_dict
 from streams.classify.records import SCHEMA_VERSION, now_iso
-from streams.kafka_io import assign_all, read_to_high_watermark
+from streams.kafka_io import TopicFeed
 from streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def new_version(task: str, method: str) -> str:
@@ -67,61 +59,6 @@ def calibrator_from_record(record: dict[str, Any]) -> Calibrator:
                       "n_classes": record["n_classes"], "params": record["params"]})
 
 
-async def publish_calibrator(settings: Settings, record: dict[str, Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic("calibrators"), orjson.dumps(record), key=record["task"].encode())
-    finally:
-        await producer.stop()
-
-
-class CalibratorFeed:
-    """Applies calibrator records as they appear: all existing ones at start, new ones live."""
-
-    def __init__(self, settings: Settings, apply: Callable[[dict[str, Any]], bool]) -> None:
-        self.settings = settings
-        self.apply = apply
-        self.consumer: AIOKafkaConsumer | None = None
-        self.tps: list = []
-        self.applied = 0
-
-    def _offer(self, value: bytes | None) -> None:
-        if not value:
-            return
-        try:
-            record = orjson.loads(value)
-            if self.apply(record):
-                self.applied += 1
-        except Exception:  # a bad record must not stop the worker or block newer calibrators
-            log.exception("ignoring an unusable calibrator record")
-
-    async def load(self, timeout_s: float = 60.0) -> int:
-        """Read the topic to its exact end and apply each record in order; return how many applied."""
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers,
-                                         enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
-        await self.consumer.start()
-        self.tps = await assign_all(self.consumer, self.settings.topic("calibrators"), timeout_s)
-        async for record in read_to_high_watermark(self.consumer, self.tps, timeout_s):
-            self._offer(record.value)
-        return self.applied
-
-    async def follow(self) -> None:
-        """Apply new calibrators without restart, until cancelled."""
-        assert self.consumer is not None, "call load() first"
-        while True:
-            try:
-                batch = await self.consumer.getmany(*self.tps, timeout_ms=1000)
-            except (asyncio.CancelledError, ConsumerStoppedError):
-                raise
-            except Exception:
-                log.exception("calibrator feed: fetch failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            for records in batch.values():
-                for record in records:
-                    self._offer(record.value)
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+def calibrator_feed(settings: Settings, apply: Callable[[dict[str, Any]], bool]) -> TopicFeed:
+    """Every calibrator record, all existing ones at start, new ones live (hot reload)."""
+    return TopicFeed(settings.bootstrap_servers, settings.topic("calibrators"), apply)

@@ -19,7 +19,7 @@ from aiokafka.errors import ConsumerStoppedError
 from faust.types import EventT, StreamT
 
 from streams.app import app, settings, tasks, topics
-from streams.calibration.store import CalibratorFeed
+from streams.calibration.store import calibrator_feed as make_calibrator_feed
 from streams.classify.inflight import InOrderRelease
 from streams.classify.model_client import ModelClient
 from streams.classify.records import Source
@@ -93,7 +93,7 @@ async def classify(stream: StreamT) -> None:
             task.cancel()  # unacked work is replayed after restart
 
 
-calibrator_feed = CalibratorFeed(settings, classifier.apply_calibrator)
+calibrator_feed = make_calibrator_feed(settings, classifier.apply_calibrator)
 
 
 @app.task

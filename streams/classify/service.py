@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ class Classifier:
         self.calibrators: dict[str, Calibrator] = {name: IdentityCalibrator() for name in tasks.tasks}
         #: Thresholds chosen with a risk guarantee, for tasks that set routing.target_error.
         self.risk_thresholds: dict[str, float] = {}
+        #: Called with (task, label index, confidence, entropy, label mass, chosen-token logprob) for
+        #: every item that got a label distribution; the drift accumulator in the worker.
+        self.observe: Callable[[Task, int, float, float, float, float], None] | None = None
 
     def threshold(self, task: Task) -> float | None:
         """The confidence needed for auto-accept; None when a risk-controlled task has no valid one yet."""
@@ -118,6 +122,9 @@ class Classifier:
             calibrated = calibrator.transform(raw_p) if mass > 0 else raw_p
             entropy = normalised_entropy(calibrated) if mass > 0 else None
             decision = route(calibrated, mass, self.threshold(task), task.min_label_mass)
+            if self.observe is not None and decision.label_index >= 0 and entropy is not None:
+                self.observe(task, decision.label_index, float(calibrated[decision.label_index]), entropy, mass,
+                             reply.chosen_logprob if reply.chosen_logprob is not None else 0.0)
 
         def build(d: Route, audit: bool = False) -> Output:
             record = classification_record(request, task.labels, d, raw_p, calibrated, entropy, mass, reply,

@@ -187,16 +187,15 @@ def smoothed_distribution(counts: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     finite, and the bias vanishes as n grows (it is the posterior mean under a Dirichlet(alpha) prior).
     """
     c = np.asarray(counts, dtype=np.float64)
-    if alpha <= 0 and not c.all():
-        raise ValueError("alpha must be > 0 when a count is zero")
     total = c.sum() + alpha * c.shape[-1]
-    if total <= 0:
-        raise ValueError("empty counts and alpha = 0 give no distribution")
+    if alpha < 0 or total <= 0:
+        raise ValueError(f"need alpha >= 0 and some mass, got alpha={alpha}, total={total}")
     return (c + alpha) / total
 
 
 def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float = 0.5) -> float:
-    """KL(P || Q) in nats between the smoothed distributions of two count vectors."""
+    """KL(P || Q) in nats between the smoothed distributions of two count vectors (inf if alpha = 0 and Q is
+    empty where P is not)."""
     return float(rel_entr(smoothed_distribution(p_counts, alpha), smoothed_distribution(q_counts, alpha)).sum())
 
 
@@ -586,7 +585,7 @@ def _probs(topk: Mapping[str, float]) -> dict[str, float]:
 
 
 def _missing_floor(p: Mapping[str, float]) -> float:
-    """Probability for a token this top-k did not show: below the smallest shown and the unshown mass."""
+    """Probability for a token this top-k did not show: at most the smallest shown one and the unshown mass."""
     if not p:
         return PROB_FLOOR
     return max(min(min(p.values()), 1.0 - sum(p.values())), PROB_FLOOR)
@@ -596,20 +595,19 @@ def canary_kl(baseline_topk: Mapping[str, float], current_topk: Mapping[str, flo
               floor: float | None = None) -> float:
     """KL(baseline || current) in nats between two top-k token distributions (token -> logprob).
 
-    Both are completed over the union of their tokens plus one "unshown" bucket holding the rest of
-    the mass, so each sums to 1. A token one side did not show gets `floor`, by default that side's
-    min(smallest shown probability, unshown mass) (its true probability is below both), at least
-    1e-6; the unshown bucket gives up that mass. Direction: how badly the current model explains
-    what the baseline model said.
+    Both are taken over the union of their shown tokens and renormalised there. A token one side did
+    not show gets `floor`, by default that side's min(smallest shown probability, unshown mass) (its
+    true probability is below both; at least 1e-6). The unshown mass itself is not a bucket of its
+    own: it jitters between identical calls, and when a top-k covers almost all the mass its
+    near-zero remainder would dominate the KL. Direction: how badly the current model explains what
+    the baseline model said.
     """
     p, q = _probs(baseline_topk), _probs(current_topk)
     fp = floor if floor is not None else _missing_floor(p)
     fq = floor if floor is not None else _missing_floor(q)
     tokens = sorted(p.keys() | q.keys())
-    pv = np.array([p.get(t, fp) for t in tokens] + [0.0])
-    qv = np.array([q.get(t, fq) for t in tokens] + [0.0])
-    pv[-1] = max(1.0 - pv.sum(), fp)
-    qv[-1] = max(1.0 - qv.sum(), fq)
+    pv = np.array([p.get(t, fp) for t in tokens])
+    qv = np.array([q.get(t, fq) for t in tokens])
     return float(rel_entr(pv / pv.sum(), qv / qv.sum()).sum())
 
 

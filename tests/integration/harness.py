@@ -86,6 +86,12 @@ class Worker:
         return self.settings.topic(logical)
 
 
+def wait_ready(proc: ChildProcess, timeout_s: float = 60) -> ChildProcess:
+    """Until the worker has joined its group and says so (Faust logs '[^Worker]: Ready')."""
+    proc.wait_until(lambda: "Worker]: Ready" in proc.log_path.read_text(errors="replace"), timeout_s)
+    return proc
+
+
 async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
@@ -147,8 +153,8 @@ def http_json(url: str) -> dict[str, Any]:
 class SyntheticModel(ChildProcess):
     """The project's synthetic OpenAI-compatible server as a real process."""
 
-    def __init__(self, workdir: Path, *flags: str) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, *flags: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         super().__init__("synthetic model", [sys.executable, "-m", "streams", "synthetic-model",
                                              "--port", str(self.port), *flags], workdir / f"synthetic-{self.port}.log")
 

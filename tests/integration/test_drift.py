@@ -1,0 +1,95 @@
+"""Drift on the real broker: a label-mix shift opens one data-drift episode; a changed model trips the canaries."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from streams import schemas
+from streams.localdev.broker import EmbeddedBroker
+from tests.integration.harness import SyntheticModel, Worker, collect, produce, run, wait_ready, write_tasks
+
+
+def _tasks(workdir: Path, base_url: str, drift: str) -> Path:
+    path = write_tasks(workdir / "tasks.toml", base_url, model="synthetic", threshold=0.5)
+    path.write_text(path.read_text() + "\n[task.drift]\n" + drift)
+    return path
+
+
+def _traffic(worker: Worker, seconds: float, fresh_share: float, rng: random.Random, per_second: int = 150) -> None:
+    """`per_second` requests a second whose model answer is fresh with probability `fresh_share`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        batch = []
+        for _ in range(per_second):
+            rid = f"d{rng.getrandbits(48):x}"
+            label = "fresh" if rng.random() < fresh_share else "rotten"
+            batch.append((rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": f"[[label={label}]]"})))
+        run(produce(worker.bootstrap, worker.topic("requests"), batch))
+        time.sleep(max(0.0, 1.0 - (time.monotonic() % 1.0)))
+
+
+def _cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams", "drift", *args], env=worker.env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_label_mix_shift_opens_exactly_one_data_drift_episode(broker: EmbeddedBroker, workdir: Path) -> None:
+    rng = random.Random(5)
+    with SyntheticModel(workdir) as model:
+        worker = Worker(broker.bootstrap, _tasks(workdir, model.base_url, "window_s = 2\nhop_s = 1\n"), workdir)
+        with worker.process() as proc:
+            wait_ready(proc)
+            _traffic(worker, 7, 0.8, rng)  # mix A: 80% fresh
+            time.sleep(1.5)  # the last partial summaries are flushed every second
+            proc = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "6")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "published baseline" in proc.stdout
+            _traffic(worker, 6, 0.8, rng)  # still mix A: no alert
+            quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
+            _traffic(worker, 9, 0.5, rng)  # mix B: 50% fresh, a 30-point shift
+            alerts = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: len(g) >= 1,
+                                 timeout_s=30, settle_s=4))
+            status = _cli(worker, "status", "--task", "sentiment")
+    assert quiet == [], f"no alert while traffic matches the baseline: {[a.json() for a in quiet]}"
+    assert len(alerts) == 1, f"exactly one episode, not one alert per window: {[a.json() for a in alerts]}"
+    alert = alerts[0].json()
+    schemas.validate("drift_alert", alert)
+    assert alert["kind"] == "data" and alert["state"] == "open" and alert["task"] == "sentiment"
+    assert alert["value"] > alert["threshold"] and alert["p_value"] < 2e-4
+    assert "baseline" in alert["baseline_ref"]
+    print(status.stdout)
+    assert status.returncode == 0 and "data drift         OPEN" in status.stdout
+    assert "labels" in status.stdout and "DRIFTED" in status.stdout
+
+
+def test_a_changed_model_trips_the_canaries_as_model_drift(broker: EmbeddedBroker, workdir: Path) -> None:
+    drift = ('window_s = 2\ncanaries = ["A fine, warm film.", "A dull, clumsy film."]\n'
+             "canary_repeats = 2\ncanary_interval_s = 2\n")
+    first = SyntheticModel(workdir, "--label-probs", "0.7,0.3").start()
+    port = first.port
+    try:
+        worker = Worker(broker.bootstrap, _tasks(workdir, first.base_url, drift), workdir)
+        with worker.process() as w:
+            wait_ready(w)
+            proc = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "5")
+            assert proc.returncode == 0 and "2 canary prompt(s)" in proc.stdout, proc.stdout + proc.stderr
+            time.sleep(7)  # a few canary runs against the unchanged model
+            quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
+            first.stop()  # the provider silently swaps the model behind the same endpoint
+            with SyntheticModel(workdir, "--label-probs", "0.3,0.7", port=port):
+                alerts = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: len(g) >= 1,
+                                     timeout_s=40, settle_s=3))
+    finally:
+        first.stop()
+    assert quiet == [], f"stable canaries raise nothing: {[a.json() for a in quiet]}"
+    assert len(alerts) == 1, [a.json() for a in alerts]
+    alert = alerts[0].json()
+    schemas.validate("drift_alert", alert)
+    assert alert["kind"] == "model" and alert["statistic"] == "canary_kl" and alert["state"] == "open"
+    assert alert["value"] > alert["threshold"]
