@@ -17,6 +17,7 @@ LOCAL_COMMANDS = {
     "broker": "streams.localdev.broker",
     "serve-model": "streams.localdev.model_server",
     "synthetic-model": "streams.localdev.synthetic_model",
+    "fault-proxy": "streams.localdev.fault_proxy",
 }
 
 

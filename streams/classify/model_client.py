@@ -16,11 +16,16 @@ the inside out:
 3. **A circuit breaker per endpoint** (`streams.classify.circuit`). Each call's outcome, after the
    openai client's retries, is recorded: 5xx, 408, 429, timeouts, connection errors and unusable
    bodies count as failures; other 4xx answers (bad request, auth) do not, since the endpoint is up.
-   While the breaker is open, calls *wait* (jittered polling) instead of reaching the endpoint; that
-   is back-pressure, since an item must never be dropped. In half-open, the admitted probe runs with
-   no openai-level retries, so a still-broken endpoint is detected with one request. A call that
-   cannot be admitted before its deadline (`timeout_s * (max_retries + 1)` from its start) raises
-   `ModelError("circuit_open")`, which the service sends to review like any other model error.
+   Default breaker (`breaker_factory` overrides it): opens at 10 failures among the last 20 outcomes,
+   stays open 2 s, doubling after each failed probe up to 60 s, one probe at a time. While it is
+   open, calls *wait* (jittered polling) instead of reaching the endpoint; that is back-pressure,
+   since an item must never be dropped. In half-open, the admitted probe runs with no openai-level
+   retries, so a still-broken endpoint costs one request; when it fails, its item goes back to
+   waiting like the others. A call that cannot be admitted before its deadline
+   (`timeout_s * (max_retries + 1)` from its start) raises `ModelError("circuit_open")`, which the
+   service sends to review (`review_reason: model_error`) like any other model error.
+
+`ModelClient.breakers` maps each endpoint's base URL to its breaker, for metrics (`snapshot()`).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class _Trouble(Exception):
 
 
 def _default_breaker() -> CircuitBreaker:
-    return CircuitBreaker(failure_threshold=5, window=10, open_for_s=2.0, half_open_max_calls=1, max_open_for_s=60.0)
+    return CircuitBreaker(failure_threshold=10, window=20, open_for_s=2.0, half_open_max_calls=1, max_open_for_s=60.0)
 
 
 class ModelClient:
@@ -159,10 +164,11 @@ class ModelClient:
                     breaker.release()
             if failed.retry_here:
                 bad_tries += 1
-                if bad_tries > self._max_retries:
-                    raise ModelError(last.kind, f"{last.message} ({bad_tries} tries)")
                 cap = min(BAD_RESPONSE_MAX_BACKOFF_S, self._bad_response_backoff_s * 2 ** (bad_tries - 1))
-                await asyncio.sleep(random.uniform(0, cap))  # full jitter
+                pause = random.uniform(0, cap)  # full jitter
+                if bad_tries > self._max_retries or time.monotonic() + pause >= deadline:
+                    raise ModelError(last.kind, f"{last.message} ({bad_tries} tries)")
+                await asyncio.sleep(pause)
             elif not (probe and failed.endpoint_fault):
                 raise last
             # A failed probe (sent without retries) re-opened the breaker: its item waits for the next

@@ -31,6 +31,7 @@ from streams.classify.service import Output
 from streams.drift.monitor import Baseline, DriftAccumulator, DriftMonitor, canary_record, summary_record
 from streams.drift.statistics import EpisodeTracker, WindowSummary
 from streams.kafka_io import TopicFeed
+from streams.kafka_security import kafka_client_options
 from streams.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def apply_baseline(record: dict[str, Any]) -> bool:
     return True
 
 
-baseline_feed = TopicFeed(settings.bootstrap_servers, settings.topic("baselines"), apply_baseline)
+baseline_feed = TopicFeed(settings.bootstrap_servers, settings.topic("baselines"), apply_baseline,
+                          kafka_client_options(settings))
 
 
 @app.task
@@ -187,7 +189,10 @@ async def run_canaries() -> None:
     try:  # an exception inside a Faust timer stops the worker
         now = time.time()
         for name, task in tasks.tasks.items():
-            if not task.drift.canaries or now < _canary_due.get(name, 0.0):
+            baseline = baselines.get(name)
+            if not task.drift.canaries or baseline is None or baseline.canaries is None:
+                continue  # nothing to compare with: capture a baseline first (`drift baseline`)
+            if now < _canary_due.get(name, 0.0):
                 continue
             _canary_due[name] = now + task.drift.canary_interval_s
             samples = await canary_samples(task)

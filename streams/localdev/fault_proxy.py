@@ -178,7 +178,7 @@ class FaultProxy:
             if not isinstance(body, dict) or set(body) - allowed:
                 raise ValueError(f"expected a JSON object with keys among {sorted(allowed)}")
             self.config = replace(self.config, **body)
-        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             return _error(400, "invalid_request_error", str(exc))
         return await self._get_faults(request)
 
@@ -299,7 +299,8 @@ def _parse_kinds(spec: str | None) -> dict[str, float]:
 def _parse_args(argv: list[str]) -> tuple[str, FaultConfig, str, int]:
     parser = argparse.ArgumentParser(prog="python -m streams.localdev.fault_proxy",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="base URL of the real endpoint, e.g. http://127.0.0.1:8090/v1")
+    parser.add_argument("--upstream", required=True,
+                        help="base URL of the real endpoint, e.g. http://127.0.0.1:8090/v1")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8091)
     parser.add_argument("--fault-rate", type=float, default=0.3)

@@ -169,3 +169,24 @@ class SyntheticModel(ChildProcess):
         super().start()
         self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
         return self
+
+
+class FaultProxyProcess(ChildProcess):
+    """The project's fault-injecting proxy in front of a model endpoint, as a real process."""
+
+    def __init__(self, workdir: Path, upstream: str, *flags: str) -> None:
+        self.port = free_port()
+        super().__init__("fault proxy", [sys.executable, "-m", "streams", "fault-proxy", "--upstream", upstream,
+                                         "--port", str(self.port), *flags], workdir / f"fault-proxy-{self.port}.log")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return http_json(f"http://127.0.0.1:{self.port}/faults")
+
+    def start(self) -> FaultProxyProcess:
+        super().start()
+        self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
+        return self
