@@ -112,7 +112,7 @@ class Task:
     failure_probability: float = 0.1
     audit_rate: float = 0.0
     calibration: CalibrationPolicy = CalibrationPolicy(200, 100, 0.3, CALIBRATION_METHODS)
-    drift: DriftPolicy = DriftPolicy(300.0, 150.0, 2e-4, 0.005, 1, 3, (), 3, 300.0, 0.02, None)
+    drift: DriftPolicy = DriftPolicy(300.0, 150.0, 5e-4, 0.005, 1, 3, (), 3, 300.0, 0.02, None)
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
     drift = DriftPolicy(
         window_s=window_s,
         hop_s=hop_s,
-        alpha=dr.number("alpha", 2e-4, 1e-9, 0.5),
+        alpha=dr.number("alpha", 5e-4, 1e-9, 0.5),
         min_effect=dr.number("min_effect", 0.005, 0.0, 1.0),
         confirm_windows=dr.integer("confirm_windows", 1, 1, 1000),
         clear_windows=dr.integer("clear_windows", 3, 1, 1000),

@@ -26,6 +26,7 @@ from streams.drift.monitor import BINS, Baseline, iso
 from streams.drift.statistics import WindowSummary, canary_baseline
 from streams.errors import ConfigError
 from streams.kafka_io import assign_all, read_to_high_watermark
+from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
 from streams.tasks import Task, load_tasks
 
@@ -33,7 +34,7 @@ from streams.tasks import Task, load_tasks
 async def read_topic(settings: Settings, logical: str) -> list[Any]:
     """Every record of a topic, to the exact high watermark, as (timestamp s, key, value dict)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest")
+                                group_id=None, auto_offset_reset="earliest", **kafka_client_options(settings))
     await consumer.start()
     try:
         tps = await assign_all(consumer, settings.topic(logical))
@@ -78,7 +79,8 @@ async def build_baseline(settings: Settings, task: Task, since: float, until: fl
 
 
 async def publish(settings: Settings, record: dict[str, Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                **kafka_client_options(settings))
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic("baselines"), orjson.dumps(record), key=record["task"].encode())
