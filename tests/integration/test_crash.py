@@ -30,8 +30,10 @@ def _check(got: list[Received], ids: set[str], injected: str) -> None:
         p = r.json()
         by_id.setdefault(p["id"], set()).add((p["label"], p["decision"], p["confidence"]))
     differing = sum(len(v) > 1 for v in by_id.values())
-    print(f"injected: {injected}; sent {len(ids)}, outputs {len(got)}, distinct {len(seen)}, "
-          f"duplicates {dup}, differing duplicates {differing}, lost {len(lost)}")
+    topics = Counter(r.topic.rsplit(".", 1)[-1] for r in got)
+    print(f"injected: {injected}; sent {len(ids)}, results {topics['results']}, review {topics['review']}, "
+          f"dead letters {topics['deadletter']}, distinct ids {len(seen)}, duplicates {dup}, "
+          f"differing duplicates {differing}, lost {len(lost)}")
     assert not lost, f"lost {len(lost)}: {sorted(lost)[:10]}"
     assert differing == 0, "a replayed request must get the same classification"
 

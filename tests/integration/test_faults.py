@@ -47,8 +47,9 @@ def test_thirty_percent_model_faults_lose_nothing_on_10k(broker: EmbeddedBroker,
                       for r in got)
     lost = {f"x{i}" for i in range(n)} - ids.keys()
     print(f"injected: {faults}")
-    print(f"sent {n}, outputs {len(got)}, by outcome {dict(outcome)}, duplicates {sum(c - 1 for c in ids.values())}, "
-          f"lost {len(lost)}")
+    topics = Counter(r.topic.rsplit(".", 1)[-1] for r in got)
+    print(f"sent {n}, results {topics['results']}, review {topics['review']}, dead letters {topics['deadletter']}, "
+          f"by outcome {dict(outcome)}, duplicates {sum(c - 1 for c in ids.values())}, lost {len(lost)}")
     assert not lost, sorted(lost)[:10]
     injected = sum(v for k, v in faults.items() if k not in ("passed", "requests", "total") and isinstance(v, int))
     assert injected >= 0.2 * n, "the proxy really injected faults"
