@@ -10,6 +10,7 @@ import logging
 
 import faust
 
+from streams.kafka_security import faust_broker_options
 from streams.settings import Settings
 from streams.tasks import load_tasks
 from streams.topics import ensure_topics
@@ -61,6 +62,7 @@ app = ClassifyApp(
     stream_wait_empty=True,
     broker_commit_every=1000,
     broker_commit_interval=1.0,
+    **faust_broker_options(settings),
 )
 
 

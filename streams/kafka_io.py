@@ -66,8 +66,11 @@ class TopicFeed:
     watermark), then new ones as they arrive. No consumer group: every process sees every record,
     which is what state that each worker must hold in full (calibrators, baselines) needs."""
 
-    def __init__(self, bootstrap: str, topic: str, apply: Callable[[dict[str, Any]], bool]) -> None:
+    def __init__(self, bootstrap: str, topic: str, apply: Callable[[dict[str, Any]], bool],
+                 client_options: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        #: Extra AIOKafkaConsumer arguments (security: streams.kafka_security.kafka_client_options).
+        self.client_options = dict(client_options or {})
         self.topic = topic
         self.apply = apply
         self.consumer: AIOKafkaConsumer | None = None
@@ -86,7 +89,7 @@ class TopicFeed:
     async def load(self, timeout_s: float = 60.0) -> int:
         """Read the topic to its exact end, applying each record; return how many applied."""
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                         group_id=None, auto_offset_reset="earliest")
+                                         group_id=None, auto_offset_reset="earliest", **self.client_options)
         await self.consumer.start()
         self.tps = await assign_all(self.consumer, self.topic, timeout_s)
         async for record in read_to_high_watermark(self.consumer, self.tps, timeout_s):

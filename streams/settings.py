@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streams.errors import ConfigError
 
@@ -33,7 +34,18 @@ ENV_DEFAULTS: dict[str, str] = {
     "STREAMS_WEB_HOST": "127.0.0.1",
     "STREAMS_WEB_PORT": "6066",
     "STREAMS_DATA_DIR": "",
+    "STREAMS_SECURITY_PROTOCOL": "PLAINTEXT",
+    "STREAMS_SASL_MECHANISM": "",
+    "STREAMS_SASL_USERNAME": "",
+    "STREAMS_SASL_PASSWORD_FILE": "",
+    "STREAMS_SASL_PASSWORD": "",
+    "STREAMS_SSL_CAFILE": "",
+    "STREAMS_SSL_CERTFILE": "",
+    "STREAMS_SSL_KEYFILE": "",
 }
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 #: Logical topic names; the configured prefix is prepended to each.
 TOPIC_NAMES: dict[str, str] = {
@@ -69,6 +81,15 @@ class Settings:
     web_port: int
     data_dir: Path
     topics: dict[str, str] = field(default_factory=dict)
+    # Kafka security (streams/kafka_security.py turns these into client options).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    #: Read from STREAMS_SASL_PASSWORD_FILE (or STREAMS_SASL_PASSWORD) at start; never in repr or errors.
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
     def topic(self, logical: str) -> str:
         return self.topics[logical]
@@ -137,7 +158,75 @@ class Settings:
             web_port=integer("STREAMS_WEB_PORT", 0, 65535),
             data_dir=Path(data_dir_raw) if data_dir_raw else Path(f".{app_id}-data"),
             topics={k: f"{prefix}{v}" for k, v in TOPIC_NAMES.items()},
+            **_security(env, get, problems),
         )
         if problems:
             raise ConfigError("environment", problems)
         return settings
+
+
+def _security(env: Mapping[str, str], get: Callable[[str], str], problems: list[str]) -> dict[str, Any]:
+    """The Kafka security settings. The password's value never enters a message: only "set"/"not set"."""
+    protocol = get("STREAMS_SECURITY_PROTOCOL").upper() or "PLAINTEXT"
+    if protocol not in SECURITY_PROTOCOLS:
+        problems.append(f"STREAMS_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
+    sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+
+    mechanism = get("STREAMS_SASL_MECHANISM").upper() or None
+    username = get("STREAMS_SASL_USERNAME") or None
+    password_file = get("STREAMS_SASL_PASSWORD_FILE") or None
+    password_env = env.get("STREAMS_SASL_PASSWORD", "")  # not stripped: spaces may be part of it
+    password: str | None = None
+    if sasl:
+        if mechanism is None:
+            problems.append(f"STREAMS_SASL_MECHANISM is not set; {protocol} needs one of {', '.join(SASL_MECHANISMS)}")
+        elif mechanism not in SASL_MECHANISMS:
+            problems.append(f"STREAMS_SASL_MECHANISM={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}")
+        if username is None:
+            problems.append(f"STREAMS_SASL_USERNAME is not set; {protocol} needs a user name")
+        if password_file and password_env:
+            problems.append("STREAMS_SASL_PASSWORD_FILE and STREAMS_SASL_PASSWORD are both set; "
+                            "keep only STREAMS_SASL_PASSWORD_FILE")
+        elif password_file:
+            try:
+                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n") or None
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                problems.append(f"STREAMS_SASL_PASSWORD_FILE={password_file!r} cannot be read ({reason}); "
+                                "point it at a readable UTF-8 file holding the password")
+            else:
+                if password is None:
+                    problems.append(f"STREAMS_SASL_PASSWORD_FILE={password_file!r} is empty; "
+                                    "write the password into it")
+        elif password_env:
+            password = password_env
+        else:
+            problems.append("STREAMS_SASL_PASSWORD_FILE is not set (STREAMS_SASL_PASSWORD is not set either); "
+                            f"{protocol} needs the password in a secrets file")
+    elif protocol in SECURITY_PROTOCOLS:
+        unused = [n for n in ("STREAMS_SASL_MECHANISM", "STREAMS_SASL_USERNAME", "STREAMS_SASL_PASSWORD_FILE",
+                              "STREAMS_SASL_PASSWORD") if env.get(n, "").strip()]
+        for name in unused:
+            problems.append(f"{name} is set but STREAMS_SECURITY_PROTOCOL={protocol} does not use SASL; "
+                            "set SASL_PLAINTEXT or SASL_SSL, or unset it")
+
+    files: dict[str, Path | None] = {}
+    for name in ("STREAMS_SSL_CAFILE", "STREAMS_SSL_CERTFILE", "STREAMS_SSL_KEYFILE"):
+        raw = get(name)
+        files[name] = Path(raw) if raw else None
+        if raw and not tls and protocol in SECURITY_PROTOCOLS:
+            problems.append(f"{name} is set but STREAMS_SECURITY_PROTOCOL={protocol} does not use TLS; "
+                            "set SSL or SASL_SSL, or unset it")
+        elif raw and not Path(raw).is_file():
+            problems.append(f"{name}={raw!r} is not a readable file; give the path of a PEM file")
+    if files["STREAMS_SSL_KEYFILE"] and not files["STREAMS_SSL_CERTFILE"]:
+        problems.append("STREAMS_SSL_KEYFILE is set without STREAMS_SSL_CERTFILE; a client key needs its certificate")
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": mechanism,
+        "sasl_username": username,
+        "sasl_password": password,
+        "ssl_cafile": files["STREAMS_SSL_CAFILE"],
+        "ssl_certfile": files["STREAMS_SSL_CERTFILE"],
+        "ssl_keyfile": files["STREAMS_SSL_KEYFILE"],
+    }

@@ -19,6 +19,7 @@ from streams.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 TEXT_PLACEHOLDER = "{text}"
 CALIBRATION_METHODS = ("identity", "temperature", "vector", "isotonic", "histogram", "label_bias")
 DEFAULT_TEMPLATE = (
@@ -235,7 +236,11 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
         problems.append(f"{path}.model.base_url: {base_url!r} must start with http:// or https://")
     model_name = mr.string("name", required=True)
     api_key_env = mr.string("api_key_env") or None
-    if api_key_env is not None and api_key_env not in env:
+    if api_key_env is not None and not _ENV_NAME.match(api_key_env):
+        problems.append(f"{path}.model.api_key_env: must be the NAME of an environment variable (letters, digits, _), "
+                        "not the key itself")  # the value is not echoed: it may be a pasted key
+        api_key_env = None
+    elif api_key_env is not None and api_key_env not in env:
         problems.append(
             f"{path}.model.api_key_env: environment variable {api_key_env} is not set; export it (the key is never read from the task file)"
         )

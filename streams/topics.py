@@ -13,6 +13,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str
     """Create missing topics; return the partition count of each. Retries while the broker starts."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000,
+                                    **kafka_client_options(settings))
         try:
             await admin.start()
             return await _ensure(admin, settings)

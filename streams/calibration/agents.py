@@ -30,6 +30,7 @@ from streams.classify.records import Source, dead_letter_record
 from streams.classify.service import Output
 from streams.errors import BadRequest
 from streams.kafka_io import assign_all, read_to_high_watermark
+from streams.kafka_security import kafka_client_options
 from streams.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ async def refit(stream: StreamT) -> None:
 
 async def read_examples(task: str) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest")
+                                group_id=None, auto_offset_reset="earliest", **kafka_client_options(settings))
     await consumer.start()
     try:
         tps = await assign_all(consumer, settings.topic("examples"))

@@ -27,6 +27,7 @@ from streams.calibration.scoring import score
 from streams.classify.model_client import ModelClient
 from streams.classify.records import SCHEMA_VERSION, now_iso
 from streams.errors import ConfigError
+from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
 from streams.tasks import Task, load_tasks
 
@@ -99,7 +100,8 @@ def report(outcome: FitOutcome, task: Task) -> str:
 
 
 async def publish(settings: Settings, record: dict[str, Any], examples: list[dict[str, Any]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20,
+                                **kafka_client_options(settings))
     await producer.start()
     try:
         for ex in examples:

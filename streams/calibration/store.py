@@ -16,6 +16,7 @@ from typing import Any
 from streams.calibration.calibrators import Calibrator, from_dict, to_dict
 from streams.classify.records import SCHEMA_VERSION, now_iso
 from streams.kafka_io import TopicFeed
+from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
 
 
@@ -61,4 +62,4 @@ def calibrator_from_record(record: dict[str, Any]) -> Calibrator:
 
 def calibrator_feed(settings: Settings, apply: Callable[[dict[str, Any]], bool]) -> TopicFeed:
     """Every calibrator record, all existing ones at start, new ones live (hot reload)."""
-    return TopicFeed(settings.bootstrap_servers, settings.topic("calibrators"), apply)
+    return TopicFeed(settings.bootstrap_servers, settings.topic("calibrators"), apply, kafka_client_options(settings))

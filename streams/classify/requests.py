@@ -67,6 +67,11 @@ def parse_request(raw: bytes | None, tasks: TaskRegistry, max_text_chars: int) -
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRequest("invalid_field", f"field 'metadata' must be an object, got {type(metadata).__name__}", request_id)
+    if metadata:
+        try:  # orjson reads 1024 levels deep but writes 254: refuse now, not after a paid model call
+            orjson.dumps(metadata)
+        except orjson.JSONEncodeError:
+            raise BadRequest("invalid_field", "field 'metadata' is nested too deeply to pass through", request_id) from None
     created_at = doc.get("created_at")
     if created_at is not None and not isinstance(created_at, str):
         raise BadRequest("invalid_field", "field 'created_at' must be an ISO-8601 string", request_id)

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.kafka_security import kafka_client_options
 from streams.localdev.broker import EmbeddedBroker
 from streams.localdev.model_server import LocalModelServer
 from streams.localdev.processes import ChildProcess, free_port
@@ -150,8 +151,9 @@ async def traffic(settings: Settings, count: int, timeout_s: float) -> bool:
     tally = Tally(set(texts), len(MALFORMED), truth)
     topics = {settings.topic(k): k for k in ("results", "review", "deadletter")}
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+                                enable_auto_commit=False, group_id=None, **kafka_client_options(settings))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
+                                **kafka_client_options(settings))
     await consumer.start()
     await producer.start()
     try:
