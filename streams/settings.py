@@ -107,27 +107,23 @@ class Settings:
         def get(name: str) -> str:
             return env.get(name, ENV_DEFAULTS[name]).strip()
 
-        def integer(name: str, low: int, high: int) -> int:
+        def bounded(name: str, cast: type, low: float, high: float) -> Any:
             raw = get(name)
+            want = f"a whole number in [{low}, {high}]" if cast is int else f"a value in [{low}, {high}]"
             try:
-                value = int(raw)
+                value = cast(raw)
             except ValueError:
-                problems.append(f"{name}={raw!r} is not an integer; set a whole number in [{low}, {high}]")
-                return low
+                problems.append(f"{name}={raw!r} is not {'an integer' if cast is int else 'a number'}; set {want}")
+                return cast(low)
             if not low <= value <= high:
-                problems.append(f"{name}={value} is out of range; set a whole number in [{low}, {high}]")
+                problems.append(f"{name}={value} is out of range; set {want}")
             return value
 
+        def integer(name: str, low: int, high: int) -> int:
+            return bounded(name, int, low, high)
+
         def number(name: str, low: float, high: float) -> float:
-            raw = get(name)
-            try:
-                value = float(raw)
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not a number; set a value in [{low}, {high}]")
-                return low
-            if not low <= value <= high:
-                problems.append(f"{name}={value} is out of range; set a value in [{low}, {high}]")
-            return value
+            return bounded(name, float, low, high)
 
         broker = get("STREAMS_BROKER")
         if not all(_BROKER_URL.match(u) for u in broker.split(";")):
