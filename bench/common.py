@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "config" / "tasks.toml"
 TASK_NAME = "movie_sentiment"
 OUT = REPO / "bench" / "out"
+RT_N, RT_SEED = 3000, 101
+"""Which cached scores: the first 3000 snippets of the seed-101 shuffle (bench/rt_scores.py)."""
 
 HEADLINE_SEED = 0
 """Seed of the one split whose full table is printed; the stability runs use other seeds."""
@@ -80,12 +82,12 @@ def load_scores(synthetic: bool = False) -> Scores:
     """The cached Rotten Tomatoes scores of the local model (scored on first use), or synthetic ones."""
     task = movie_task()
     if synthetic:
-        return usable(synthetic_records(3000, seed=7, labels=task.labels), task.labels, task.min_label_mass,
+        return usable(synthetic_records(RT_N, seed=7, labels=task.labels), task.labels, task.min_label_mass,
                       "synthetic (temperature 2.0)")
     from bench.rt_scores import cache_path, rt_scores  # imports the model client; not needed for --synthetic
 
-    records = rt_scores()
-    return usable(records, task.labels, task.min_label_mass, f"Gemma 3 270M on Rotten Tomatoes ({cache_path(3000, 101).name})")
+    source = f"Gemma 3 270M on Rotten Tomatoes ({cache_path(RT_N, RT_SEED).name})"
+    return usable(rt_scores(RT_N, RT_SEED), task.labels, task.min_label_mass, source)
 
 
 def split(y: np.ndarray, shares: tuple[float, ...], seed: int) -> tuple[np.ndarray, ...]:

@@ -28,7 +28,11 @@ TASKS = REPO / "config" / "tasks.toml"
 
 
 def cache_path(n: int, seed: int) -> Path:
-    key = hashlib.sha256(TASKS.read_bytes() + f"{n}-{seed}".encode()).hexdigest()[:12]
+    """Keyed on what decides the scores (model, labels, prompt, examples), not on the rest of the task file."""
+    task = load_tasks(TASKS, {}).get("movie_sentiment")
+    assert task is not None
+    what = repr((task.model.name, task.model.top_logprobs, task.model.temperature, task.labels, task.prompt, n, seed))
+    key = hashlib.sha256(what.encode()).hexdigest()[:12]
     return cache_dir() / f"rt-scores-{n}-{seed}-{key}.jsonl"
 
 
