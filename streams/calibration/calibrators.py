@@ -14,12 +14,13 @@ top-k) and exact ones occur. Log-space methods floor probabilities at EPS before
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
-from scipy.optimize import isotonic_regression, minimize, minimize_scalar
-from scipy.special import log_softmax
+from scipy.optimize import isotonic_regression, minimize
+from scipy.special import log_softmax, softmax
 
 from streams.calibration.metrics import EPS, nll
 
@@ -207,12 +208,40 @@ class _FittedCalibrator:
         return f"{type(self).__name__}(version={self.version!r}, n_classes_={fitted})"
 
 
+def _fit_inverse_temperature(logp: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    """argmin over beta in [lo, hi] of mean NLL of softmax(beta * log p): safeguarded Newton.
+
+    The NLL, mean(logsumexp(beta * logp) - beta * logp_y), is convex in beta = 1/T; its first and
+    second derivatives are the mean of E_q[log p] - log p_y and of Var_q[log p] under
+    q = softmax(beta * log p). Newton converges in a handful of softmax passes (a bounded scalar
+    search needs ~30); a step leaving the bracket falls back to bisection, so the bounds hold.
+    """
+    target = logp[np.arange(len(y)), y]
+    logp_sq = logp * logp
+    beta = min(max(1.0, lo), hi)
+    for _ in range(100):
+        q = softmax(beta * logp, axis=1)
+        mean = (q * logp).sum(axis=1)
+        grad = float(np.mean(mean - target))
+        curv = float(np.mean((q * logp_sq).sum(axis=1) - mean * mean))
+        if grad > 0:
+            hi = beta
+        else:
+            lo = beta
+        step = beta - grad / curv if curv > 1e-15 else math.nan
+        new = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(new - beta) <= 1e-10 * max(1.0, beta) or hi - lo <= 1e-12 * max(1.0, hi):
+            return new
+        beta = new
+    return beta
+
+
 class TemperatureScaling(_FittedCalibrator):
     """softmax(log p / T), one parameter for all classes (Guo et al., 2017).
 
     T > 1 softens over-confident rows, T < 1 sharpens under-confident ones; the top label never
-    changes, so accuracy is untouched. T is found by minimising NLL over log T, where the objective
-    is smoother and T > 0 holds by construction.
+    changes, so accuracy is untouched. T is found by minimising NLL over beta = 1/T, where the
+    objective is convex (see `_fit_inverse_temperature`).
     """
 
     method: ClassVar[str] = "temperature"
@@ -228,13 +257,7 @@ class TemperatureScaling(_FittedCalibrator):
         if not TEMPERATURE_BOUNDS[0] <= low < high <= TEMPERATURE_BOUNDS[1]:
             raise ValueError(f"bounds must lie within {TEMPERATURE_BOUNDS}, got {self.bounds}")
         logp = _log_probs(p)
-        rows = np.arange(len(y))
-
-        def loss(log_t: float) -> float:
-            return float(-np.mean(log_softmax(logp / np.exp(log_t), axis=1)[rows, y]))
-
-        res = minimize_scalar(loss, bounds=np.log(self.bounds), method="bounded", options={"xatol": 1e-7})
-        return self._set(float(np.exp(res.x)), p.shape[1])
+        return self._set(1.0 / _fit_inverse_temperature(logp, y, 1.0 / high, 1.0 / low), p.shape[1])
 
     def _set(self, temperature: float, n_classes: int) -> Self:
         low, high = TEMPERATURE_BOUNDS
