@@ -6,8 +6,9 @@
   Feedback must therefore be keyed by request id with Kafka's default (murmur2) partitioner.
 - `feedback` turns an answer into the final `human` result and a labelled example (raw probabilities
   + true label) on the examples topic, keyed by task so one worker sees all of a task's labels.
-- `refit` counts new labels per task; every `calibration.refit_every` of them it reads the task's
-  whole example set to the exact high watermark, fits, and publishes only if no worse on held-out.
+- `refit` counts new reviewer labels per task; every `calibration.refit_every` of them it reads the
+  task's whole example set (the calibrate command's included) to the exact high watermark, fits, and
+  publishes only if no worse on held-out.
 """
 
 from __future__ import annotations
@@ -83,8 +84,14 @@ async def refit(stream: StreamT) -> None:
     async for key, value in stream.items():
         name = key.decode() if key else ""
         task = tasks.get(name)
-        if task is None:
+        if task is None or not value:
             continue
+        try:
+            source = orjson.loads(value).get("source")
+        except orjson.JSONDecodeError:
+            continue
+        if source != "feedback":
+            continue  # the calibrate command's examples are fit data, not news: it has just fitted on them
         new_labels[name] += 1
         if new_labels[name] >= task.calibration.refit_every:
             new_labels[name] = 0
