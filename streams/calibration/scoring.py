@@ -14,7 +14,7 @@ from streams.tasks import Task
 
 
 class Progress:
-    """One self-overwriting line on stderr: done/total, rate, time left."""
+    """Progress on stderr: done/total, rate, time left; one self-overwriting line on a terminal."""
 
     def __init__(self, total: int, what: str) -> None:
         self.total, self.what, self.done, self.started = total, what, 0, time.monotonic()
@@ -24,9 +24,11 @@ class Progress:
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        end = "\n" if self.done == self.total else ""
-        print(f"\r{self.what} {self.done}/{self.total}  {rate:.1f}/s  about {eta:.0f}s left   ",
-              end=end, file=sys.stderr, flush=True)
+        line = f"{self.what} {self.done}/{self.total}  {rate:.1f}/s  about {eta:.0f}s left"
+        if sys.stderr.isatty():  # one self-overwriting line
+            print(f"\r{line}   ", end="\n" if self.done == self.total else "", file=sys.stderr, flush=True)
+        elif self.done == self.total or self.done % max(self.total // 10, 1) == 0:  # logs: every 10%
+            print(line, file=sys.stderr, flush=True)
 
 
 async def score(task: Task, rows: list[tuple[str, str, str]], concurrency: int,
