@@ -150,43 +150,40 @@ def http_json(url: str) -> dict[str, Any]:
         return orjson.loads(resp.read())
 
 
-class SyntheticModel(ChildProcess):
+class ModelEndpointProcess(ChildProcess):
+    """A `python -m streams <command>` process serving the OpenAI API on a loopback port of its own."""
+
+    stats_path = "/stats"
+
+    def __init__(self, name: str, command: list[str], workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        super().__init__(name, [sys.executable, "-m", "streams", *command, "--port", str(self.port)],
+                         workdir / f"{command[0]}-{self.port}.log")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return http_json(f"http://127.0.0.1:{self.port}{self.stats_path}")
+
+    def start(self) -> ModelEndpointProcess:
+        super().start()
+        self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
+        return self
+
+
+class SyntheticModel(ModelEndpointProcess):
     """The project's synthetic OpenAI-compatible server as a real process."""
 
     def __init__(self, workdir: Path, *flags: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        super().__init__("synthetic model", [sys.executable, "-m", "streams", "synthetic-model",
-                                             "--port", str(self.port), *flags], workdir / f"synthetic-{self.port}.log")
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, Any]:
-        return http_json(f"http://127.0.0.1:{self.port}/stats")
-
-    def start(self) -> SyntheticModel:
-        super().start()
-        self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
-        return self
+        super().__init__("synthetic model", ["synthetic-model", *flags], workdir, port)
 
 
-class FaultProxyProcess(ChildProcess):
+class FaultProxyProcess(ModelEndpointProcess):
     """The project's fault-injecting proxy in front of a model endpoint, as a real process."""
 
+    stats_path = "/faults"
+
     def __init__(self, workdir: Path, upstream: str, *flags: str) -> None:
-        self.port = free_port()
-        super().__init__("fault proxy", [sys.executable, "-m", "streams", "fault-proxy", "--upstream", upstream,
-                                         "--port", str(self.port), *flags], workdir / f"fault-proxy-{self.port}.log")
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, Any]:
-        return http_json(f"http://127.0.0.1:{self.port}/faults")
-
-    def start(self) -> FaultProxyProcess:
-        super().start()
-        self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
-        return self
+        super().__init__("fault proxy", ["fault-proxy", "--upstream", upstream, *flags], workdir)
