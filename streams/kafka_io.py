@@ -115,3 +115,27 @@ class TopicFeed:
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, client_options: dict[str, Any] | None = None,
+                     timeout_s: float = 120.0) -> list[tuple[float, bytes | None, dict[str, Any]]]:
+    """Every JSON record of a topic, to the exact high watermark, as (timestamp s, key, value).
+
+    Unreadable values are skipped with a warning: one bad record must not hide the rest.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest", **(client_options or {}))
+    await consumer.start()
+    try:
+        tps = await assign_all(consumer, topic, timeout_s)
+        out = []
+        async for rec in read_to_high_watermark(consumer, tps, timeout_s):
+            if not rec.value:
+                continue
+            try:
+                out.append((rec.timestamp / 1000.0, rec.key, orjson.loads(rec.value)))
+            except orjson.JSONDecodeError:
+                log.warning("skipping an unreadable record on %s at %s@%s", topic, rec.partition, rec.offset)
+        return out
+    finally:
+        await consumer.stop()

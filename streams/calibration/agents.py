@@ -19,7 +19,6 @@ from collections import Counter
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from faust.types import StreamT
 
 from streams.app import app, settings, tasks, topics
@@ -30,7 +29,7 @@ from streams.classify.agents import classifier, publish
 from streams.classify.records import Source, dead_letter_record
 from streams.classify.service import Output
 from streams.errors import BadRequest
-from streams.kafka_io import assign_all, read_to_high_watermark
+from streams.kafka_io import read_topic
 from streams.kafka_security import kafka_client_options
 from streams.tasks import Task
 
@@ -102,21 +101,8 @@ async def refit(stream: StreamT) -> None:
 
 
 async def read_examples(task: str) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest", **kafka_client_options(settings))
-    await consumer.start()
-    try:
-        tps = await assign_all(consumer, settings.topic("examples"))
-        out = []
-        async for record in read_to_high_watermark(consumer, tps, timeout_s=120):
-            if record.key == task.encode() and record.value:
-                try:
-                    out.append(orjson.loads(record.value))
-                except orjson.JSONDecodeError:
-                    log.warning("skipping an unreadable example at %s@%s", record.partition, record.offset)
-        return out
-    finally:
-        await consumer.stop()
+    records = await read_topic(settings.bootstrap_servers, settings.topic("examples"), kafka_client_options(settings))
+    return [value for _, key, value in records if key == task.encode()]
 
 
 async def refit_task(task: Task) -> dict[str, Any] | None:

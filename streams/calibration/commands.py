@@ -158,10 +158,9 @@ def main(argv: list[str]) -> int:
                                outcome.heldout_size, outcome.metrics_before, outcome.metrics_after, "calibrate",
                                outcome.cv_nll, outcome.risk_control)
     (args.out / "calibrator.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-    from streams.calibration.fitting import stratified_split
     from streams.calibration.plots import reliability_diagram
 
-    _, hold = stratified_split(y, args.holdout, args.seed)
+    hold = outcome.heldout_index
     curves = {name: reliability_data(*confidence_and_correct(p, y[hold]))
               for name, p in (("raw", probs[hold]), ("calibrated", outcome.calibrator.transform(probs[hold])))}
     png = reliability_diagram(curves, args.out / "reliability.png",

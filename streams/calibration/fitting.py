@@ -32,6 +32,7 @@ class FitOutcome:
     publish: bool
     reason: str
     risk_control: dict[str, Any] | None
+    heldout_index: np.ndarray  # rows of the input judged on (for diagrams of the same split)
 
 
 def examples_to_arrays(records: Iterable[dict[str, Any]], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,4 +82,4 @@ def fit_and_evaluate(probs: np.ndarray, y: np.ndarray, methods: Sequence[str], h
         conf, correct = confidence_and_correct(calibrated, y_hold)
         risk = ltt_threshold(conf, correct, target_error, delta).to_dict()
     return FitOutcome(calibrator, cv_nll, len(fit_idx), len(hold_idx), before, after, current_metrics,
-                      publish, reason, risk)
+                      publish, reason, risk, hold_idx)

@@ -28,6 +28,7 @@ from streams.alerting import post_webhook
 from streams.app import app, settings, tasks, topics
 from streams.classify.agents import classifier, publish
 from streams.classify.service import Output
+from streams.drift.canaries import canary_samples
 from streams.drift.monitor import Baseline, DriftAccumulator, DriftMonitor, canary_record, summary_record
 from streams.drift.statistics import EpisodeTracker, WindowSummary
 from streams.kafka_io import TopicFeed
@@ -100,6 +101,9 @@ def _merged(current: dict[str, Any], add: dict[str, Any]) -> dict[str, Any]:
     return add if not current else WindowSummary.from_dict(current).merge(WindowSummary.from_dict(add)).to_dict()
 
 
+_deliveries: set[asyncio.Task[bool]] = set()
+
+
 async def _emit(task: Task, status: dict[str, Any], alert: dict[str, Any] | None) -> None:
     await publish(Output("drift_status", task.name.encode(), orjson.dumps(status)))
     if alert is not None:
@@ -107,7 +111,9 @@ async def _emit(task: Task, status: dict[str, Any], alert: dict[str, Any] | None
                     alert["state"], alert["statistic"], alert["value"], alert["threshold"])
         await publish(Output("alerts", task.name.encode(), orjson.dumps(alert)))
         if task.drift.webhook_url:
-            asyncio.create_task(post_webhook(task.drift.webhook_url, alert))
+            delivery = asyncio.create_task(post_webhook(task.drift.webhook_url, alert))
+            _deliveries.add(delivery)  # asyncio keeps only weak references to tasks
+            delivery.add_done_callback(_deliveries.discard)
 
 
 def _restore(task: Task) -> tuple[DriftMonitor, dict[str, Any]]:
@@ -168,19 +174,6 @@ async def drift(stream: StreamT) -> None:
             log.exception("drift: could not process a summary")
 
 
-async def canary_samples(task: Task) -> dict[str, list[dict[str, float]]]:
-    """Every canary prompt, `canary_repeats` times, through the worker's own model client."""
-
-    async def one(prompt: str) -> dict[str, float]:
-        reply = await classifier.model.first_token(task, prompt)
-        return dict(reply.top_logprobs or [])
-
-    out: dict[str, list[dict[str, float]]] = {}
-    for prompt in task.drift.canaries:
-        out[prompt] = list(await asyncio.gather(*(one(prompt) for _ in range(task.drift.canary_repeats))))
-    return out
-
-
 _canary_due: dict[str, float] = {}
 
 
@@ -195,7 +188,7 @@ async def run_canaries() -> None:
             if now < _canary_due.get(name, 0.0):
                 continue
             _canary_due[name] = now + task.drift.canary_interval_s
-            samples = await canary_samples(task)
+            samples = await canary_samples(classifier.model, task)
             await publish(Output("drift_summaries", name.encode(), orjson.dumps(canary_record(task, samples, now))))
     except Exception:
         log.exception("canary run failed")

@@ -19,32 +19,21 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from streams.classify.model_client import ModelClient
+from streams.drift.canaries import canary_samples
 from streams.drift.monitor import BINS, Baseline, iso
 from streams.drift.statistics import WindowSummary, canary_baseline
 from streams.errors import ConfigError
-from streams.kafka_io import assign_all, read_to_high_watermark
+from streams.kafka_io import read_topic
 from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
 from streams.tasks import Task, load_tasks
 
 
-async def read_topic(settings: Settings, logical: str) -> list[Any]:
-    """Every record of a topic, to the exact high watermark, as (timestamp s, key, value dict)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest", **kafka_client_options(settings))
-    await consumer.start()
-    try:
-        tps = await assign_all(consumer, settings.topic(logical))
-        out = []
-        async for rec in read_to_high_watermark(consumer, tps):
-            if rec.value:
-                out.append((rec.timestamp / 1000.0, rec.key, orjson.loads(rec.value)))
-        return out
-    finally:
-        await consumer.stop()
+async def read_logical(settings: Settings, logical: str) -> list[tuple[float, bytes | None, dict[str, Any]]]:
+    return await read_topic(settings.bootstrap_servers, settings.topic(logical), kafka_client_options(settings))
 
 
 def _parse_ts(value: str) -> float:
@@ -54,7 +43,7 @@ def _parse_ts(value: str) -> float:
 async def build_baseline(settings: Settings, task: Task, since: float, until: float) -> Baseline:
     traffic = WindowSummary.empty(len(task.labels), BINS)
     first = last = None
-    for _, _, rec in await read_topic(settings, "drift_summaries"):
+    for _, _, rec in await read_logical(settings, "drift_summaries"):
         if rec.get("task") != task.name or rec.get("kind") != "traffic":
             continue
         start, end = _parse_ts(rec["start"]), _parse_ts(rec["end"])
@@ -65,12 +54,7 @@ async def build_baseline(settings: Settings, task: Task, since: float, until: fl
     canaries = None
     if task.drift.canaries:
         client = ModelClient(settings.model_timeout_s, settings.model_max_retries)
-
-        async def one(prompt: str) -> dict[str, float]:
-            return dict((await client.first_token(task, prompt)).top_logprobs or [])
-
-        repeats = {p: list(await asyncio.gather(*(one(p) for _ in range(task.drift.canary_repeats))))
-                   for p in task.drift.canaries}
+        repeats = await canary_samples(client, task)
         await client.close()
         canaries = canary_baseline(repeats)
     version = f"{task.name}.baseline.{datetime.now().strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(2)}"
@@ -142,7 +126,7 @@ def main(argv: list[str]) -> int:
               + (f" with {len(task.drift.canaries)} canary prompt(s)" if baseline.canaries else ""))
         return 0
     statuses: dict[str, dict[str, Any]] = {}
-    for _, _, rec in asyncio.run(read_topic(settings, "drift_status")):
+    for _, _, rec in asyncio.run(read_logical(settings, "drift_status")):
         if not args.task or rec.get("task") == args.task:
             statuses[rec["task"]] = rec
     print(orjson.dumps(statuses, option=orjson.OPT_INDENT_2).decode() if args.json else show_status(statuses))
