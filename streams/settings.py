@@ -42,6 +42,12 @@ ENV_DEFAULTS: dict[str, str] = {
     "STREAMS_SSL_CAFILE": "",
     "STREAMS_SSL_CERTFILE": "",
     "STREAMS_SSL_KEYFILE": "",
+    # Operations (streams/ops): review queue bound, review-queue alerts, token prices for cost.
+    "STREAMS_REVIEW_QUEUE_MAX": "100000",
+    "STREAMS_REVIEW_ALERT_DEPTH": "0",
+    "STREAMS_REVIEW_ALERT_AGE_S": "0",
+    "STREAMS_ALERT_WEBHOOK_URL": "",
+    "STREAMS_TOKEN_PRICES": "",
 }
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -90,6 +96,13 @@ class Settings:
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # Operations (streams/ops): pending review items held in memory, review-queue alert thresholds
+    # (0 = off), the webhook for review-queue alerts, and USD per million prompt/completion tokens by model.
+    review_queue_max: int = 100_000
+    review_alert_depth: int = 0
+    review_alert_age_s: float = 0.0
+    alert_webhook_url: str | None = None
+    token_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def topic(self, logical: str) -> str:
         return self.topics[logical]
@@ -155,10 +168,40 @@ class Settings:
             data_dir=Path(data_dir_raw) if data_dir_raw else Path(f".{app_id}-data"),
             topics={k: f"{prefix}{v}" for k, v in TOPIC_NAMES.items()},
             **_security(env, get, problems),
+            **_operations(get, integer, number, problems),
         )
         if problems:
             raise ConfigError("environment", problems)
         return settings
+
+
+def _operations(get: Callable[[str], str], integer: Callable[[str, int, int], int],
+                number: Callable[[str, float, float], float], problems: list[str]) -> dict[str, Any]:
+    """Review-queue bound and alerts, alert webhook, token prices (streams/ops)."""
+    webhook = get("STREAMS_ALERT_WEBHOOK_URL") or None
+    if webhook and not webhook.startswith(("http://", "https://")):
+        problems.append(f"STREAMS_ALERT_WEBHOOK_URL={webhook!r} must start with http:// or https://")
+    prices: dict[str, tuple[float, float]] = {}
+    raw = get("STREAMS_TOKEN_PRICES")
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        model, _, pair = part.rpartition("=")
+        prompt, _, completion = pair.partition(":")
+        try:
+            price = (float(prompt), float(completion))
+        except ValueError:
+            price = (-1.0, -1.0)
+        if not model or not 0 <= price[0] < 1e6 or not 0 <= price[1] < 1e6:
+            problems.append(f"STREAMS_TOKEN_PRICES entry {part!r} must look like MODEL=PROMPT:COMPLETION "
+                            "(USD per million tokens, e.g. gpt-4o-mini=0.15:0.6)")
+            continue
+        prices[model] = price
+    return {
+        "review_queue_max": integer("STREAMS_REVIEW_QUEUE_MAX", 1, 10_000_000),
+        "review_alert_depth": integer("STREAMS_REVIEW_ALERT_DEPTH", 0, 100_000_000),
+        "review_alert_age_s": number("STREAMS_REVIEW_ALERT_AGE_S", 0, 365 * 86400.0),
+        "alert_webhook_url": webhook,
+        "token_prices": prices,
+    }
 
 
 def _security(env: Mapping[str, str], get: Callable[[str], str], problems: list[str]) -> dict[str, Any]:
