@@ -1,6 +1,6 @@
 """`python -m streams ...` (console script `llm-classify`).
 
-Local commands (`demo`, `calibrate`, `drift`, `broker`, `serve-model`, `synthetic-model`) run without the
+Local commands (`demo`, `calibrate`, `drift`, `probe`, `broker`, `serve-model`, `synthetic-model`) run without the
 Faust app; everything else (`worker`, ...) is Faust's own command line on the configured app.
 """
 
@@ -18,6 +18,7 @@ LOCAL_COMMANDS = {
     "serve-model": "streams.localdev.model_server",
     "synthetic-model": "streams.localdev.synthetic_model",
     "fault-proxy": "streams.localdev.fault_proxy",
+    "probe": "streams.confidence.probe",
 }
 
 

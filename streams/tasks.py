@@ -99,6 +99,46 @@ class DriftPolicy:
     webhook_url: str | None
 
 
+CONFIDENCE_METHODS = ("first_token_logprobs", "sequence_scores", "self_consistency", "verbalized", "ensemble")
+STOPPING_RULES = ("posterior", "confidence_sequence")
+POOLINGS = ("mean", "loglinear")
+LENGTH_NORMALIZATIONS = ("sum", "mean")
+
+
+@dataclass(frozen=True)
+class SelfConsistencyPolicy:
+    """Adaptive self-consistency: sample until the majority label is settled (streams/confidence/self_consistency.py)."""
+
+    rule: str = "posterior"  # or "confidence_sequence" (frequentist, anytime-valid, more samples)
+    error_rate: float = 0.05  # allowed rate of stopping on the wrong majority
+    prior: float = 0.5  # Dirichlet concentration per category (Jeffreys)
+    min_samples: int = 2
+    budget: int = 20  # most samples per item
+    temperature: float = 0.7
+    batch: int = 4  # samples per request when the endpoint honours n
+    max_tokens: int = 4
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    method: str
+    model: ModelEndpoint | None  # None: the task's own model
+    weight: float
+
+
+@dataclass(frozen=True)
+class ConfidencePolicy:
+    """How the raw confidence is obtained: the first method in `methods` the endpoint supports."""
+
+    methods: tuple[str, ...] = ("first_token_logprobs",)
+    length_normalization: str = "sum"  # sequence_scores: "sum" (a probability) or "mean" (per token)
+    self_consistency: SelfConsistencyPolicy = SelfConsistencyPolicy()
+    verbalized_instruction: str | None = None  # None: streams.confidence.verbalized.DEFAULT_INSTRUCTION
+    verbalized_max_tokens: int = 16
+    ensemble_members: tuple[EnsembleMember, ...] = ()
+    ensemble_pooling: str = "mean"
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -114,6 +154,7 @@ class Task:
     audit_rate: float = 0.0
     calibration: CalibrationPolicy = CalibrationPolicy(200, 100, 0.3, CALIBRATION_METHODS)
     drift: DriftPolicy = DriftPolicy(300.0, 150.0, 5e-4, 0.005, 1, 3, (), 3, 300.0, 0.02, None)
+    confidence: ConfidencePolicy = ConfidencePolicy()
 
 
 @dataclass(frozen=True)
@@ -298,6 +339,8 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
         webhook_url=webhook,
     )
 
+    confidence = _parse_confidence(r.table_at("confidence"), path, problems, env, base_url, api_key_env)
+
     if not name or not labels:
         return None
     return Task(
@@ -313,7 +356,83 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
         audit_rate=audit_rate,
         calibration=policy,
         drift=drift,
+        confidence=confidence,
     )
+
+
+def _parse_confidence(cr: _Reader, path: str, problems: list[str], env: Mapping[str, str], base_url: str,
+                      api_key_env: str | None) -> ConfidencePolicy:
+    """[task.confidence]: the ordered method list and each method's settings."""
+    p = f"{path}.confidence"
+    methods_raw = cr.list_at("methods") or ["first_token_logprobs"]
+    methods: list[str] = []
+    for i, m in enumerate(methods_raw):
+        if m not in CONFIDENCE_METHODS:
+            problems.append(f"{p}.methods[{i}]: unknown method {m!r}; choose from {list(CONFIDENCE_METHODS)}")
+        elif m in methods:
+            problems.append(f"{p}.methods[{i}]: {m!r} is listed twice")
+        else:
+            methods.append(m)
+    norm = cr.table_at("sequence_scores").string("length_normalization", "sum")
+    if norm not in LENGTH_NORMALIZATIONS:
+        problems.append(f"{p}.sequence_scores.length_normalization: {norm!r}; use one of {list(LENGTH_NORMALIZATIONS)}")
+    sr = cr.table_at("self_consistency")
+    budget = sr.integer("budget", 20, 1, 200)
+    rule = sr.string("rule", "posterior")
+    if rule not in STOPPING_RULES:
+        problems.append(f"{p}.self_consistency.rule: {rule!r}; use one of {list(STOPPING_RULES)}")
+    sc = SelfConsistencyPolicy(
+        rule=rule,
+        error_rate=sr.number("error_rate", 0.05, 1e-6, 0.5),
+        prior=sr.number("prior", 0.5, 1e-3, 10.0),
+        min_samples=sr.integer("min_samples", 2, 1, 200),
+        budget=budget,
+        temperature=sr.number("temperature", 0.7, 0.05, 2.0),
+        batch=sr.integer("batch", 4, 1, 128),
+        max_tokens=sr.integer("max_tokens", 4, 1, 64),
+    )
+    if sc.min_samples > budget:
+        problems.append(f"{p}.self_consistency.min_samples: {sc.min_samples} is above the budget {budget}")
+    vr = cr.table_at("verbalized")
+    instruction = vr.string("instruction") or None
+    verbalized_max_tokens = vr.integer("max_tokens", 16, 2, 256)
+    er = cr.table_at("ensemble")
+    pooling = er.string("pooling", "mean")
+    if pooling not in POOLINGS:
+        problems.append(f"{p}.ensemble.pooling: {pooling!r}; use one of {list(POOLINGS)}")
+    members: list[EnsembleMember] = []
+    for i, raw in enumerate(er.list_at("members")):
+        mp = f"{p}.ensemble.members[{i}]"
+        raw = {"method": raw} if isinstance(raw, str) else raw
+        if not isinstance(raw, dict):
+            problems.append(f"{mp}: a method name or a table with method (and optionally base_url, name, weight)")
+            continue
+        mr = _Reader(raw, mp, problems)
+        method = mr.string("method", required=True)
+        if method and method not in CONFIDENCE_METHODS[:-1]:
+            problems.append(f"{mp}.method: {method!r}; choose from {list(CONFIDENCE_METHODS[:-1])}")
+        weight = mr.number("weight", 1.0, 0.0, 1000.0)
+        model = None
+        if "base_url" in raw or "name" in raw:
+            m_url = mr.string("base_url", base_url)
+            if not m_url.startswith(("http://", "https://")):
+                problems.append(f"{mp}.base_url: {m_url!r} must start with http:// or https://")
+            m_key = mr.string("api_key_env") or (api_key_env if m_url == base_url else None)
+            if m_key is not None and (not _ENV_NAME.match(m_key) or m_key not in env):
+                problems.append(f"{mp}.api_key_env: must name a set environment variable")
+                m_key = None
+            model = ModelEndpoint(base_url=m_url, name=mr.string("name", required=True), api_key_env=m_key,
+                                  top_logprobs=mr.integer("top_logprobs", 20, 1, 20),
+                                  temperature=mr.number("temperature", 0.0, 0.0, 2.0))
+        members.append(EnsembleMember(method, model, weight))
+    if "ensemble" in methods and len(members) < 2:
+        problems.append(f"{p}.ensemble.members: the ensemble method needs at least two members")
+    if members and sum(m.weight for m in members) <= 0:
+        problems.append(f"{p}.ensemble.members: weights must not all be 0")
+    return ConfidencePolicy(methods=tuple(methods) or ("first_token_logprobs",), length_normalization=norm,
+                            self_consistency=sc, verbalized_instruction=instruction,
+                            verbalized_max_tokens=verbalized_max_tokens, ensemble_members=tuple(members),
+                            ensemble_pooling=pooling)
 
 
 def parse_tasks(text: str, source: str, env: Mapping[str, str] | None = None) -> TaskRegistry:

@@ -26,7 +26,7 @@ from streams.calibration.feedback import human_result, labelled_example, parse_f
 from streams.calibration.fitting import examples_to_arrays, fit_and_evaluate
 from streams.calibration.store import calibrator_record
 from streams.classify.agents import classifier, publish
-from streams.classify.records import Source, dead_letter_record
+from streams.classify.records import METHOD_FIRST_TOKEN, Source, dead_letter_record
 from streams.classify.service import Output
 from streams.errors import BadRequest
 from streams.kafka_io import read_topic
@@ -86,18 +86,20 @@ async def refit(stream: StreamT) -> None:
         if task is None or not value:
             continue
         try:
-            source = orjson.loads(value).get("source")
-        except orjson.JSONDecodeError:
+            doc = orjson.loads(value)
+            source, method = doc.get("source"), doc.get("method") or METHOD_FIRST_TOKEN
+        except (orjson.JSONDecodeError, AttributeError):
             continue
         if source != "feedback":
             continue  # the calibrate command's examples are fit data, not news: it has just fitted on them
-        new_labels[name] += 1
-        if new_labels[name] >= task.calibration.refit_every:
-            new_labels[name] = 0
+        counter = name if method == METHOD_FIRST_TOKEN else f"{name}/{method}"  # one calibrator per method
+        new_labels[counter] += 1
+        if new_labels[counter] >= task.calibration.refit_every:
+            new_labels[counter] = 0
             try:
-                await refit_task(task)
+                await refit_task(task, method)
             except Exception:  # a failed refit keeps the calibrator in force; the loop goes on
-                log.exception("refit of task %s failed", name)
+                log.exception("refit of task %s (%s) failed", name, method)
 
 
 async def read_examples(task: str) -> list[dict[str, Any]]:
@@ -105,14 +107,15 @@ async def read_examples(task: str) -> list[dict[str, Any]]:
     return [value for _, key, value in records if key == task.encode()]
 
 
-async def refit_task(task: Task) -> dict[str, Any] | None:
-    """Refit on every labelled example of the task; publish if no worse on held-out. Returns the record."""
-    probs, y = examples_to_arrays(await read_examples(task.name), task.labels)
+async def refit_task(task: Task, method: str = METHOD_FIRST_TOKEN) -> dict[str, Any] | None:
+    """Refit on every labelled example of the task (and confidence method); publish if no worse on held-out."""
+    examples = [e for e in await read_examples(task.name) if (e.get("method") or METHOD_FIRST_TOKEN) == method]
+    probs, y = examples_to_arrays(examples, task.labels)
     if len(y) < task.calibration.min_examples or len(set(y.tolist())) < 2:
         log.info("refit of %s skipped: %d labelled examples (need %d, two classes)", task.name, len(y),
                  task.calibration.min_examples)
         return None
-    current = classifier.calibrators[task.name]
+    current = classifier.calibrator_for(task.name, method)
     outcome = await asyncio.to_thread(
         fit_and_evaluate, probs, y, task.calibration.methods, task.calibration.holdout_fraction,
         current, task.target_error, task.failure_probability,
@@ -126,5 +129,9 @@ async def refit_task(task: Task) -> dict[str, Any] | None:
                                outcome.cv_nll, outcome.risk_control)
     if outcome.current_metrics is not None:
         record["current_metrics"] = outcome.current_metrics
-    await publish(Output("calibrators", task.name.encode(), orjson.dumps(record)))
+    key = task.name
+    if method != METHOD_FIRST_TOKEN:  # keyed per (task, method) so compaction keeps every method's latest
+        record["confidence_method"] = method
+        key = f"{task.name}/{method}"
+    await publish(Output("calibrators", key.encode(), orjson.dumps(record)))
     return record

@@ -29,7 +29,7 @@ from streams.classify.records import SCHEMA_VERSION, now_iso
 from streams.errors import ConfigError
 from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
-from streams.tasks import Task, load_tasks
+from streams.tasks import CONFIDENCE_METHODS, Task, load_tasks
 
 
 def read_labelled(path: Path, labels: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -106,7 +106,9 @@ async def publish(settings: Settings, record: dict[str, Any], examples: list[dic
     try:
         for ex in examples:
             await producer.send(settings.topic("examples"), orjson.dumps(ex), key=ex["task"].encode())
-        await producer.send_and_wait(settings.topic("calibrators"), orjson.dumps(record), key=record["task"].encode())
+        method = record.get("confidence_method")  # other methods are keyed task/method (one calibrator each)
+        key = record["task"] if method in (None, "first_token_logprobs") else f"{record['task']}/{method}"
+        await producer.send_and_wait(settings.topic("calibrators"), orjson.dumps(record), key=key.encode())
     finally:
         await producer.stop()
 
@@ -122,6 +124,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("calibration-out"), help="diagrams, scores, calibrator")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-publish", action="store_true", help="fit and report only")
+    parser.add_argument("--method", default="first_token_logprobs", choices=CONFIDENCE_METHODS,
+                        help="confidence method to calibrate (each method has its own calibrator)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -141,7 +145,14 @@ def main(argv: list[str]) -> int:
         if len(skipped) > 10:
             print(f"... and {len(skipped) - 10} more skipped rows", file=sys.stderr)
         client = ModelClient(settings.model_timeout_s, settings.model_max_retries)
-        scored = asyncio.run(score(task, rows, args.concurrency, client))
+        if args.method == "first_token_logprobs":
+            scored = asyncio.run(score(task, rows, args.concurrency, client))
+        else:
+            from streams.confidence.methods import score_rows
+            from streams.confidence.probe import probe_endpoint
+
+            caps = asyncio.run(probe_endpoint(client, task.model)) if args.method == "self_consistency" else None
+            scored = asyncio.run(score_rows(task, rows, args.concurrency, client, args.method, caps))
         (args.out / "scores.jsonl").write_bytes(b"\n".join(orjson.dumps(s) for s in scored) + b"\n")
     kept, dropped = usable(scored, task)
     print(f"{len(kept)} of {len(scored)} labelled items usable; left out: {dropped}")
@@ -157,6 +168,8 @@ def main(argv: list[str]) -> int:
     record = calibrator_record(task.name, task.model.name, task.labels, outcome.calibrator, outcome.fit_size,
                                outcome.heldout_size, outcome.metrics_before, outcome.metrics_after, "calibrate",
                                outcome.cv_nll, outcome.risk_control)
+    if args.method != "first_token_logprobs":
+        record["confidence_method"] = args.method
     (args.out / "calibrator.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
     from streams.calibration.plots import reliability_diagram
 
@@ -172,7 +185,8 @@ def main(argv: list[str]) -> int:
     examples = [{"id": s["id"], "task": task.name, "model": task.model.name, "label": s["label"],
                  "raw_probabilities": s["raw_probabilities"], "calibrator_version": None, "review_reason": None,
                  "reviewer": None, "source": "calibration", "labelled_at": now_iso(),
-                 "schema_version": SCHEMA_VERSION} for s in kept]
+                 "schema_version": SCHEMA_VERSION} | ({"method": args.method} if args.method != "first_token_logprobs"
+                                                      else {}) for s in kept]
     asyncio.run(publish(settings, record, examples))
     print(f"published calibrator {record['version']} to {settings.topic('calibrators')} "
           f"and {len(examples)} labelled examples to {settings.topic('examples')}")

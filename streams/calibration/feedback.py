@@ -96,6 +96,7 @@ def labelled_example(item: dict[str, Any], fb: Feedback) -> dict[str, Any] | Non
         "label": fb.label,
         "raw_probabilities": raw,
         "calibrator_version": item.get("calibrator_version"),
+        "method": item.get("method") or "first_token_logprobs",  # each method gets its own calibrator
         "review_reason": item.get("review_reason"),
         "reviewer": fb.reviewer,
         "source": "feedback",

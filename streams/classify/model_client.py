@@ -59,6 +59,18 @@ class ModelReply:
     model: str
 
 
+@dataclass(frozen=True, slots=True)
+class ChatSample:
+    """A general chat completion reduced to plain data (`ModelClient.chat`)."""
+
+    texts: tuple[str, ...]  # one per choice
+    top_logprobs: list[tuple[str, float]] | None  # first generated position of the first choice, if asked
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    model: str
+
+
 class _Trouble(Exception):
     """An attempt failed; `error` is what to raise if no retry follows, `endpoint_fault` feeds the breaker."""
 
@@ -139,6 +151,38 @@ class ModelClient:
     async def first_token(self, task: Task, text: str) -> ModelReply:
         """Ask for one token with its top logprobs; raise ModelError once retries are spent."""
         endpoint = task.model
+
+        def create(client: openai.AsyncOpenAI) -> Any:
+            return client.chat.completions.create(
+                model=endpoint.name,
+                messages=task.prompt.messages(text),  # type: ignore[arg-type]
+                max_tokens=1,
+                temperature=endpoint.temperature,
+                logprobs=True,
+                top_logprobs=endpoint.top_logprobs,
+            )
+
+        return await self._with_retries(endpoint, create, lambda resp, ms: _reply(resp, ms, endpoint.name))
+
+    async def chat(self, endpoint: ModelEndpoint, messages: list[dict[str, str]], *, max_tokens: int,
+                   temperature: float, n: int = 1, seed: int | None = None,
+                   top_logprobs: int | None = None) -> ChatSample:
+        """A general chat completion (sampling, prefilled continuation, verbalised answers), same protection
+        as `first_token`: the openai client's retries, bad-body retries and the endpoint's breaker."""
+        params: dict[str, Any] = {"model": endpoint.name, "messages": messages, "max_tokens": max_tokens,
+                                  "temperature": temperature}
+        if n > 1:
+            params["n"] = n
+        if seed is not None:
+            params["seed"] = seed
+        if top_logprobs is not None:
+            params["logprobs"] = True
+            params["top_logprobs"] = top_logprobs
+        return await self._with_retries(endpoint, lambda client: client.chat.completions.create(**params),
+                                        lambda resp, ms: _sample(resp, ms, endpoint.name))
+
+    async def _with_retries(self, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
+                            parse: Callable[[Any, float], Any]) -> Any:
         breaker = self.breaker(endpoint)
         deadline = time.monotonic() + self.deadline_s
         last: ModelError | None = None
@@ -148,7 +192,7 @@ class ModelClient:
             verdict = False
             failed: _Trouble
             try:
-                reply = await self._call(endpoint, task, text, probe)
+                reply = await self._call(endpoint, probe, create, parse)
                 breaker.record_success()
                 verdict = True
                 return reply
@@ -174,17 +218,11 @@ class ModelClient:
             # A failed probe (sent without retries) re-opened the breaker: its item waits for the next
             # probe like every other caller, until the deadline, rather than going to review early.
 
-    async def _call(self, endpoint: ModelEndpoint, task: Task, text: str, probe: bool) -> ModelReply:
+    async def _call(self, endpoint: ModelEndpoint, probe: bool, create: Callable[[openai.AsyncOpenAI], Any],
+                    parse: Callable[[Any, float], Any]) -> Any:
         started = time.perf_counter()
         try:
-            resp: Any = await self._client(endpoint, probe).chat.completions.create(
-                model=endpoint.name,
-                messages=task.prompt.messages(text),  # type: ignore[arg-type]
-                max_tokens=1,
-                temperature=endpoint.temperature,
-                logprobs=True,
-                top_logprobs=endpoint.top_logprobs,
-            )
+            resp: Any = await create(self._client(endpoint, probe))
         except openai.APIStatusError as exc:
             status = exc.status_code
             trouble = status >= 500 or status in (408, 409, 429)
@@ -201,7 +239,7 @@ class ModelClient:
                            True, retry_here=True) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
-            return _reply(resp, latency_ms, endpoint.name)
+            return parse(resp, latency_ms)
         except (AttributeError, TypeError, ValueError, IndexError) as exc:
             raise _Trouble(ModelError("bad_response", f"unusable response: {exc}"[:300]),
                            True, retry_here=True) from None
@@ -232,6 +270,27 @@ def _reply(resp: Any, latency_ms: float, model: str) -> ModelReply:
         top_logprobs=top,
         chosen_token=chosen_token,
         chosen_logprob=chosen_lp,
+        prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+        completion_tokens=int(usage.completion_tokens) if usage else 0,
+        latency_ms=latency_ms,
+        model=model,
+    )
+
+
+def _sample(resp: Any, latency_ms: float, model: str) -> ChatSample:
+    if not isinstance(resp, openai.types.chat.ChatCompletion):
+        raise TypeError(f"expected a chat completion, got {type(resp).__name__}")
+    if not resp.choices:
+        raise ValueError("response has no choices")
+    first = resp.choices[0]
+    content = first.logprobs.content if first.logprobs is not None else None
+    top = None
+    if content:
+        top = [(str(t.token), float(t.logprob)) for t in (content[0].top_logprobs or [])] or None
+    usage = resp.usage
+    return ChatSample(
+        texts=tuple(str(c.message.content or "") for c in resp.choices),
+        top_logprobs=top,
         prompt_tokens=int(usage.prompt_tokens) if usage else 0,
         completion_tokens=int(usage.completion_tokens) if usage else 0,
         latency_ms=latency_ms,

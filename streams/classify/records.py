@@ -47,6 +47,8 @@ def classification_record(
     calibrator_version: str,
     model_error: str | None = None,
     audit: bool = False,
+    method: str = METHOD_FIRST_TOKEN,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A ClassificationResult (decision auto) or a ReviewItem (decision review, with the text)."""
     idx = route.label_index
@@ -60,7 +62,7 @@ def classification_record(
         "entropy": round(entropy, 6) if entropy is not None else None,
         "label_mass": round(label_mass, 6),
         "decision": route.decision,
-        "method": METHOD_FIRST_TOKEN,
+        "method": method,
         "model": model,
         "calibrator_version": calibrator_version,
         "usage": {
@@ -72,6 +74,8 @@ def classification_record(
         "processed_at": now_iso(),
         "schema_version": SCHEMA_VERSION,
     }
+    if extra:  # method details: samples, requests, confidence_interval, ambiguous, settled, members
+        record.update(extra)
     if route.decision == "review":
         record["review_reason"] = route.reason
         record["text"] = request.text

@@ -9,6 +9,7 @@ import numpy as np
 #: Why an item went to review (mirrored in schemas/review_item.schema.json).
 REVIEW_REASONS = (
     "low_confidence", "low_label_mass", "no_logprobs", "model_error", "invalid_scores", "not_calibrated", "audit",
+    "ambiguous",
 )
 
 
