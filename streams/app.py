@@ -86,3 +86,4 @@ topics: dict[str, faust.TopicT] = {logical: _topic(logical) for logical in setti
 from streams.classify import agents as _classify_agents  # noqa: E402,F401
 from streams.calibration import agents as _calibration_agents  # noqa: E402,F401
 from streams.drift import agents as _drift_agents  # noqa: E402,F401
+from streams.ops import agents as _ops_agents  # noqa: E402,F401

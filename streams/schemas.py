@@ -32,7 +32,11 @@ SCHEMA_NAMES = (
     "drift_summary",
     "drift_baseline",
     "drift_status",
+    "review_queue_alert",
 )
+
+#: Schemas of payloads that go elsewhere than a topic (the review-queue alert goes to a webhook).
+NON_TOPIC_SCHEMAS = ("review_queue_alert",)
 
 #: Logical topic name (as in streams.settings.TOPIC_NAMES) -> schema of its values.
 SCHEMA_FOR_TOPIC = {

@@ -24,6 +24,7 @@ from streams.classify.inflight import InOrderRelease
 from streams.classify.model_client import ModelClient
 from streams.classify.records import Source
 from streams.classify.service import Classifier, Output
+from streams.ops.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class InFlight:
             await asyncio.gather(*(publish(o) for o in outputs))
             for o in outputs:
                 counts[o.topic] += 1
+            METRICS.observe_outputs(outputs)  # /metrics and the dashboard (streams/ops)
         finally:
             self.slots.release()
         for done in self.release.done(msg.tp, msg.offset):

@@ -1,0 +1,1 @@
+"""Operating the service: Prometheus metrics, the dashboard, the review queue (web page and CLI)."""

@@ -1,0 +1,200 @@
+"""Prometheus metrics for the worker's `/metrics`. No Kafka or Faust here, so it is unit-tested alone.
+
+Counters are fed by hooks on the classify path (`observe_outputs`: one call per request, a few µs)
+and by `instrument_model` (wraps the model client's call: in flight, latency, errors). Gauges whose
+truth lives elsewhere (review queue, drift status, consumer lag) are read at scrape time by a
+collector, so they are never stale. Series are per worker; sum or max them across workers in
+Prometheus (deploy/alert-rules.yml does).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from streams.errors import ModelError
+from streams.ops.review_queue import ReviewQueue
+from streams.ops.stats import DriftHistory, TrafficStats, outcome_of
+
+NS = "llm_classify"
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+CONFIDENCE_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 21))
+RETRY_LOGGER = "openai._base_client"  # logs "Retrying request in ... (retry n of m)" before each retry
+
+
+class ServiceMetrics:
+    """Every series the worker exports, in a registry of its own."""
+
+    def __init__(self, token_prices: Mapping[str, tuple[float, float]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.token_prices = dict(token_prices or {})
+        self.traffic = TrafficStats()
+        r = self.registry
+        self.requests = Counter(f"{NS}_requests", "Requests by outcome: auto, review, audit (copy of an auto "
+                                "item sent for checking), dead_letter", ["task", "outcome"], registry=r)
+        self.review_reasons = Counter(f"{NS}_review_reasons", "Items sent to review, by reason",
+                                      ["task", "reason"], registry=r)
+        self.latency = Histogram(f"{NS}_model_latency_seconds", "Model call time as the classify path sees it "
+                                 "(retries and circuit waits included)", ["task"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_errors = Counter(f"{NS}_model_errors", "Model calls that failed after retries, by kind",
+                                    ["task", "kind"], registry=r)
+        self.model_calls = Counter(f"{NS}_model_calls", "Model calls made by the classify path", ["task"],
+                                   registry=r)
+        self.retries = Counter(f"{NS}_model_retries", "HTTP retries of model calls by the openai client",
+                               registry=r)
+        self.in_flight = Gauge(f"{NS}_model_calls_in_flight", "Model calls in flight in this worker", registry=r)
+        self.confidence = Histogram(f"{NS}_confidence", "Calibrated confidence of classified items",
+                                    ["task", "decision"], buckets=CONFIDENCE_BUCKETS, registry=r)
+        self.tokens = Counter(f"{NS}_tokens", "Tokens used by model calls", ["task", "kind"], registry=r)
+        self.cost = Counter(f"{NS}_estimated_cost_usd", "Estimated model cost from STREAMS_TOKEN_PRICES "
+                            "(only tasks whose model has a price)", ["task"], registry=r)
+        self.state = StateCollector()
+        r.register(self.state)
+
+    def observe_record(self, topic: str, record: Mapping[str, Any]) -> None:
+        """One emitted record (logical topic name and its payload)."""
+        outcome = outcome_of(topic, record)
+        if outcome is None:
+            return
+        # Dead letters carry no task (the request may not have had a valid one).
+        task = str(record.get("task") or "") if outcome != "dead_letter" else "unknown"
+        self.requests.labels(task, outcome).inc()
+        confidence = record.get("confidence")
+        confidence = float(confidence) if isinstance(confidence, (int, float)) else None
+        self.traffic.observe(task, outcome, confidence)
+        if outcome == "dead_letter":
+            return
+        if outcome == "review":
+            self.review_reasons.labels(task, str(record.get("review_reason") or "unknown")).inc()
+        if outcome == "audit":
+            return  # the same request was counted as auto: its tokens and confidence too
+        if confidence is not None:
+            self.confidence.labels(task, outcome).observe(confidence)
+        usage = record.get("usage") or {}
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if prompt or completion:
+            self.tokens.labels(task, "prompt").inc(prompt)
+            self.tokens.labels(task, "completion").inc(completion)
+            price = self.token_prices.get(str(record.get("model")))
+            if price is not None:
+                self.cost.labels(task).inc((prompt * price[0] + completion * price[1]) / 1e6)
+
+    def observe_outputs(self, outputs: Iterable[Any]) -> None:
+        """Hook for the classify agent: its `Output`s (topic, key, value bytes) after publishing."""
+        for output in outputs:
+            try:
+                self.observe_record(output.topic, orjson.loads(output.value))
+            except Exception:  # metrics must never break the classify path
+                logging.getLogger(__name__).debug("metrics: unreadable output", exc_info=True)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time from the worker's state: review queue, drift status, consumer lag."""
+
+    def __init__(self) -> None:
+        self.queue: ReviewQueue | None = None
+        self.drift: DriftHistory | None = None
+        self.lag: dict[tuple[str, int], int] = {}
+        self.clock: Callable[[], float] = time.time
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.queue is not None:
+            depth = GaugeMetricFamily(f"{NS}_review_queue_depth", "Review items waiting for an answer", labels=["task"])
+            age = GaugeMetricFamily(f"{NS}_review_queue_oldest_age_seconds",
+                                    "How long the oldest pending review item has waited", labels=["task"])
+            for task, s in self.queue.stats(self.clock()).items():
+                depth.add_metric([task], s["depth"])
+                age.add_metric([task], s["oldest_age_s"])
+            overflow = GaugeMetricFamily(f"{NS}_review_queue_overflow",
+                                         "Review items not held because STREAMS_REVIEW_QUEUE_MAX was reached")
+            overflow.add_metric([], self.queue.overflow)
+            yield from (depth, age, overflow)
+        if self.drift is not None:
+            value = GaugeMetricFamily(f"{NS}_drift_statistic", "Last drift effect size per family "
+                                      "(traffic: label, confidence, entropy; canary)", labels=["task", "family", "statistic"])
+            threshold = GaugeMetricFamily(f"{NS}_drift_threshold", "Effect size above which a window drifts",
+                                          labels=["task", "family", "statistic"])
+            p_value = GaugeMetricFamily(f"{NS}_drift_p_value", "Last drift test p-value", labels=["task", "family"])
+            open_ = GaugeMetricFamily(f"{NS}_drift_alert_open", "1 while a drift episode is open",
+                                      labels=["task", "kind"])
+            for task, status in self.drift.latest.items():
+                last = status.get("last") or {}
+                families = dict((last.get("traffic") or {}).get("families") or {})
+                if isinstance(last.get("canary"), Mapping):
+                    families["canary"] = last["canary"]
+                for family, v in families.items():
+                    if not isinstance(v, Mapping) or not isinstance(v.get("value"), (int, float)):
+                        continue
+                    stat = str(v.get("statistic", ""))
+                    value.add_metric([task, family, stat], float(v["value"]))
+                    threshold.add_metric([task, family, stat], float(v.get("threshold") or 0.0))
+                    if isinstance(v.get("p_value"), (int, float)):
+                        p_value.add_metric([task, family], float(v["p_value"]))
+                open_.add_metric([task, "data"], float(bool(status.get("data_drift_open"))))
+                open_.add_metric([task, "model"], float(bool(status.get("model_drift_open"))))
+            yield from (value, threshold, p_value, open_)
+        lag = GaugeMetricFamily(f"{NS}_consumer_lag", "Messages between the committed offset and the high "
+                                "watermark, per assigned partition of this worker", labels=["topic", "partition"])
+        for (topic, partition), n in sorted(self.lag.items()):
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
+
+
+def instrument_model(client: Any, metrics: ServiceMetrics, method: str = "first_token") -> None:
+    """Wrap the client's call (`method(task, text)`) to count calls in flight, latency and errors."""
+    original = getattr(client, method)
+
+    async def call(task: Any, text: str, *args: Any, **kwargs: Any) -> Any:
+        metrics.in_flight.inc()
+        metrics.model_calls.labels(task.name).inc()
+        started = time.perf_counter()
+        try:
+            return await original(task, text, *args, **kwargs)
+        except ModelError as exc:
+            metrics.model_errors.labels(task.name, exc.kind).inc()
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.latency.labels(task.name).observe(time.perf_counter() - started)
+
+    setattr(client, method, call)
+
+
+class RetryLogCounter(logging.Filter):
+    """Counts the openai client's retries from its own log line, the only place it reports them.
+
+    The logger is lowered to INFO so the line is always produced; the filter then drops what the
+    `openai` logger's level would have hidden, so the worker's log looks as before.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Retrying request"):
+            self.counter.inc()
+        return record.levelno >= logging.getLogger("openai").getEffectiveLevel()
+
+
+def count_retries(metrics: ServiceMetrics) -> RetryLogCounter:
+    logger = logging.getLogger(RETRY_LOGGER)
+    counter = RetryLogCounter(metrics.retries)
+    logger.addFilter(counter)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)  # explicit, so a later root level (worker -l warning) cannot hide it
+    return counter
+
+
+#: The worker's metrics; the classify agent calls `METRICS.observe_outputs(outputs)` once per request.
+METRICS = ServiceMetrics()
