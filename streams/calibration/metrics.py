@@ -74,22 +74,28 @@ def bin_edges(conf: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform"
     raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
 
 
-def _binned(conf: np.ndarray, correct: np.ndarray, n_bins: int,
-            strategy: Strategy) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(edges, count, sum of confidence, sum of correct) per bin; bins are [lo, hi), the last closed."""
+def _binned(conf: np.ndarray, correct: np.ndarray, n_bins: int, strategy: Strategy,
+            edges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, count, sum of confidence, sum of correct) per bin; bins are [lo, hi), the last closed.
+
+    Given edges override n_bins and strategy (a bootstrap keeps the full sample's bins).
+    """
     c = np.asarray(conf, dtype=np.float64)
     k = np.asarray(correct, dtype=np.float64)
     if c.ndim != 1 or c.shape != k.shape or c.size == 0:
         raise ValueError(f"conf and correct must be equal-length non-empty 1-D arrays, got {c.shape}, {k.shape}")
-    edges = bin_edges(c, n_bins, strategy)
+    if edges is None:
+        edges = bin_edges(c, n_bins, strategy)
+    n_bins = len(edges) - 1
     idx = np.searchsorted(edges[1:-1], c, side="right")
     count = np.bincount(idx, minlength=n_bins)
     return edges, count, np.bincount(idx, weights=c, minlength=n_bins), np.bincount(idx, weights=k, minlength=n_bins)
 
 
-def ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform") -> float:
+def ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform",
+        edges: np.ndarray | None = None) -> float:
     """Expected calibration error: sum over bins of (bin share) * |accuracy - mean confidence|."""
-    _, count, conf_sum, correct_sum = _binned(conf, correct, n_bins, strategy)
+    _, count, conf_sum, correct_sum = _binned(conf, correct, n_bins, strategy, edges)
     return float(np.abs(correct_sum - conf_sum).sum() / count.sum())
 
 
@@ -138,8 +144,13 @@ def summary(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, n_boot: int
     def ece_uniform(c: np.ndarray, k: np.ndarray) -> float:
         return ece(c, k, n_bins, "uniform")
 
+    # Equal-mass bins are placed once, on the sample itself. Re-placing them on each bootstrap
+    # resample, whose repeated items tie at the quantiles, would empty bins and shift the whole
+    # interval above the estimate.
+    mass_edges = bin_edges(conf, n_bins, "quantile")
+
     def ece_mass(c: np.ndarray, k: np.ndarray) -> float:
-        return ece(c, k, n_bins, "quantile")
+        return ece(c, k, edges=mass_edges)
 
     return {
         "n": int(len(y)),

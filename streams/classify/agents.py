@@ -16,7 +16,8 @@ import logging
 from collections import Counter
 
 from aiokafka.errors import ConsumerStoppedError
-from faust.types import EventT, StreamT
+import faust
+from faust.types import TP, EventT, StreamT
 
 from streams.app import app, settings, tasks, topics
 from streams.calibration.store import calibrator_feed as make_calibrator_feed
@@ -65,12 +66,12 @@ class InFlight:
     async def submit(self, event: EventT) -> None:
         await self.slots.acquire()  # back-pressure: stop reading when the window is full
         msg = event.message
-        self.release.add(msg.tp, msg.offset, event)
-        task = asyncio.create_task(self._handle(event))
+        generation = self.release.add(msg.tp, msg.offset, event)
+        task = asyncio.create_task(self._handle(event, generation))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
-    async def _handle(self, event: EventT) -> None:
+    async def _handle(self, event: EventT, generation: int) -> None:
         msg = event.message
         try:
             outputs = await classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
@@ -80,17 +81,36 @@ class InFlight:
             METRICS.observe_outputs(outputs)  # /metrics and the dashboard (streams/ops)
         finally:
             self.slots.release()
-        for done in self.release.done(msg.tp, msg.offset):
+        for done in self.release.done(msg.tp, msg.offset, generation):
             done.ack()
+
+    def revoke(self, partitions: set[TP]) -> None:
+        """Partitions taken away: their pending events must never be acked by this worker now."""
+        dropped = self.release.discard(partitions)
+        if dropped:  # Faust waits for every event to be acked before it revokes, so this is rare
+            log.warning("rebalance took %d partition(s) with %d unacked event(s); they will be replayed",
+                        len({e.message.tp for e in dropped}), len(dropped))
+
+
+#: Live agent instances, so the rebalance handler reaches their release queues.
+instances: set[InFlight] = set()
+
+
+@app.on_partitions_revoked.connect
+async def on_partitions_revoked(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
+    for inflight in instances:
+        inflight.revoke(revoked)
 
 
 @app.agent(topics["requests"], name="classify")
 async def classify(stream: StreamT) -> None:
     inflight = InFlight(settings.max_in_flight)
+    instances.add(inflight)
     try:
         async for event in stream.noack().events():
             await inflight.submit(event)
     finally:
+        instances.discard(inflight)
         for task in inflight.running:
             task.cancel()  # unacked work is replayed after restart
 
@@ -111,6 +131,7 @@ async def follow_calibrators() -> None:
 async def progress() -> None:
     try:  # an exception inside a Faust timer stops the worker
         if counts:
-            log.info("classified so far: %s", dict(counts))
+            log.info("classified so far: %s; awaiting in-order ack: %d", dict(counts),
+                     sum(i.release.pending() for i in instances))
     except Exception:
         log.exception("progress timer failed")

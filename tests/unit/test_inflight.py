@@ -14,14 +14,14 @@ def test_contiguous_prefix_released_in_order() -> None:
     for off in range(5):
         r.add("A", off, f"item{off}")
     assert r.pending("A") == 5
-    assert r.done("A", 2) == []
+    assert r.done("A", 2, 0) == []
     assert r.pending("A") == 5
-    assert r.done("A", 0) == ["item0"]
+    assert r.done("A", 0, 0) == ["item0"]
     assert r.pending("A") == 4
-    assert r.done("A", 1) == ["item1", "item2"]
+    assert r.done("A", 1, 0) == ["item1", "item2"]
     assert r.pending("A") == 2
-    assert r.done("A", 4) == []
-    assert r.done("A", 3) == ["item3", "item4"]
+    assert r.done("A", 4, 0) == []
+    assert r.done("A", 3, 0) == ["item3", "item4"]
     assert r.pending("A") == 0
     assert r.pending() == 0
 
@@ -30,9 +30,9 @@ def test_gapped_offsets() -> None:
     r: InOrderRelease[int] = InOrderRelease()
     for off in (10, 15, 100):
         r.add(0, off, off)
-    assert r.done(0, 100) == []
-    assert r.done(0, 15) == []
-    assert r.done(0, 10) == [10, 15, 100]
+    assert r.done(0, 100, 0) == []
+    assert r.done(0, 15, 0) == []
+    assert r.done(0, 10, 0) == [10, 15, 100]
 
 
 def test_partitions_are_independent() -> None:
@@ -42,12 +42,12 @@ def test_partitions_are_independent() -> None:
     r.add("B", 0, "b0")
     r.add("B", 1, "b1")
     assert r.pending() == 4
-    assert r.done("B", 1) == []
-    assert r.done("A", 0) == ["a0"]
+    assert r.done("B", 1, 0) == []
+    assert r.done("A", 0, 0) == ["a0"]
     assert r.pending("A") == 1 and r.pending("B") == 2
-    assert r.done("B", 0) == ["b0", "b1"]
+    assert r.done("B", 0, 0) == ["b0", "b1"]
     assert r.pending("B") == 0
-    assert r.done("A", 1) == ["a1"]
+    assert r.done("A", 1, 0) == ["a1"]
     assert r.pending() == 0
 
 
@@ -77,18 +77,18 @@ def test_done_twice_before_release_is_harmless() -> None:
     r: InOrderRelease[str] = InOrderRelease()
     r.add("A", 0, "a0")
     r.add("A", 1, "a1")
-    assert r.done("A", 1) == []
-    assert r.done("A", 1) == []
-    assert r.done("A", 0) == ["a0", "a1"]
+    assert r.done("A", 1, 0) == []
+    assert r.done("A", 1, 0) == []
+    assert r.done("A", 0, 0) == ["a0", "a1"]
 
 
 def test_done_for_unknown_offset_raises_keyerror() -> None:
     r: InOrderRelease[str] = InOrderRelease()
     r.add("A", 0, "a0")
     with pytest.raises(KeyError):
-        r.done("A", 1)
+        r.done("A", 1, 0)
     with pytest.raises(KeyError):
-        r.done("B", 0)
+        r.done("B", 0, 0)
     assert r.pending("A") == 1
 
 
@@ -114,7 +114,7 @@ def test_randomized_release_order(seed: int) -> None:
     released_total = 0
     for p, off in order:
         done.add((p, off))
-        out = r.done(p, off)
+        out = r.done(p, off, 0)
         for item in out:
             ip, ioff = item
             assert ip == p  # only the completed partition can release
@@ -136,3 +136,32 @@ def test_randomized_release_order(seed: int) -> None:
         assert released[p] == registered[p]  # every item once, in offset order
     assert released_total == 1000
     assert r.pending() == 0
+
+
+def test_discard_drops_pending_items_and_ignores_their_late_completions() -> None:
+    r: InOrderRelease[str] = InOrderRelease()
+    gen = {off: r.add("A", off, f"old{off}") for off in (10, 11, 12)}
+    r.add("B", 0, "b0")
+    assert r.done("A", 11, gen[11]) == []
+    assert r.discard(["A"]) == ["old10", "old11", "old12"]
+    assert r.pending("A") == 0 and r.pending("B") == 1
+    # The partition comes back and its messages are re-delivered from the committed offset.
+    new = {off: r.add("A", off, f"new{off}") for off in (10, 11, 12)}
+    assert set(new.values()) == {gen[10] + 1}
+    # A completion of the revoked generation must not release (ack) anything of the new one.
+    assert r.done("A", 10, gen[10]) == []
+    assert r.done("A", 12, gen[12]) == []
+    assert r.pending("A") == 3
+    assert r.done("A", 11, new[11]) == []
+    assert r.done("A", 10, new[10]) == ["new10", "new11"]
+    assert r.done("A", 12, new[12]) == ["new12"]
+    # Other partitions keep their generation.
+    assert r.done("B", 0, 0) == ["b0"]
+
+
+def test_discard_of_an_unknown_partition_still_fences_it() -> None:
+    r: InOrderRelease[str] = InOrderRelease()
+    assert r.discard(["never-seen"]) == []
+    assert r.add("never-seen", 5, "x") == 1
+    assert r.done("never-seen", 5, 0) == []
+    assert r.done("never-seen", 5, 1) == ["x"]

@@ -173,3 +173,15 @@ def test_reliability_diagram_writes_png_and_json(tmp_path: Path) -> None:
     assert data["title"] == "sentiment: before and after"
     assert data["curves"]["raw"]["count"] == before["count"]
     assert set(data["curves"]) == {"raw", "calibrated"}
+
+
+def test_equal_mass_ece_with_given_edges_matches_its_own_bins() -> None:
+    from streams.calibration.metrics import bin_edges, ece
+
+    rng = np.random.default_rng(5)
+    c = rng.uniform(0.5, 1.0, 500)
+    k = (rng.uniform(size=500) < c).astype(float)
+    edges = bin_edges(c, 15, "quantile")
+    assert ece(c, k, edges=edges) == pytest.approx(ece(c, k, 15, "quantile"))
+    # Other edges give another partition, so the argument is really used.
+    assert ece(c, k, edges=np.array([0.0, 0.75, 1.0])) != pytest.approx(ece(c, k, edges=edges))
