@@ -21,9 +21,18 @@ def _requests(n: int, prefix: str, seed: int) -> list[tuple[bytes, bytes]]:
             for i in range(n)]
 
 
-def _check(got: list[Received], ids: set[str], injected: str) -> None:
+def _locate(bootstrap: str, topics: list[str], ids: set[str]) -> list[str]:
+    """Where these ids lie on the topics, read again from the start by a fresh consumer."""
+    everything = run(collect(bootstrap, topics, lambda g: False, timeout_s=15, settle_s=0))
+    return [f"{r.topic}[{r.partition}]@{r.offset}" for r in everything if r.key and r.key.decode() in ids]
+
+
+def _check(got: list[Received], ids: set[str], injected: str, worker: Worker | None = None) -> None:
     seen = Counter(r.json()["id"] for r in got)
     lost = ids - seen.keys()
+    if lost and worker is not None:  # a lost id: was it never consumed, never produced, or not read back?
+        where = _locate(worker.bootstrap, [worker.topic(t) for t in ("requests", "results", "review")], lost)
+        print(f"lost ids {sorted(lost)[:10]} found again at: {where[:20]}")
     dup = sum(c - 1 for c in seen.values())
     by_id: dict[str, set[tuple]] = {}
     for r in got:
@@ -55,7 +64,8 @@ def test_repeated_kill_9_on_a_20k_stream_loses_nothing(broker: EmbeddedBroker, w
         with worker.process():
             got = run(collect(broker.bootstrap, outputs,
                               lambda g: len({r.json()["id"] for r in g}) >= n, timeout_s=400, settle_s=2))
-    _check(got, {f"k{i}" for i in range(n)}, f"{kills} x kill -9 at {[f'{p:.0%}' for p in points]} of outputs")
+    _check(got, {f"k{i}" for i in range(n)}, f"{kills} x kill -9 at {[f'{p:.0%}' for p in points]} of outputs",
+           worker)
 
 
 def test_killing_one_of_two_workers_hands_its_partitions_to_the_other(broker: EmbeddedBroker, workdir: Path) -> None:
@@ -76,4 +86,4 @@ def test_killing_one_of_two_workers_hands_its_partitions_to_the_other(broker: Em
         finally:
             survivor.stop()
             victim.stop()
-    _check(got, {f"h{i}" for i in range(n)}, "kill -9 of one of two workers after a third of the outputs")
+    _check(got, {f"h{i}" for i in range(n)}, "kill -9 of one of two workers after a third of the outputs", worker)
