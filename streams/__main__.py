@@ -18,6 +18,8 @@ LOCAL_COMMANDS = {
     "serve-model": "streams.localdev.model_server",
     "synthetic-model": "streams.localdev.synthetic_model",
     "fault-proxy": "streams.localdev.fault_proxy",
+    "review": "streams.ops.review_cli",
+    "screenshot": "streams.ops.screenshot",
     "probe": "streams.confidence.probe",
 }
 
