@@ -134,9 +134,9 @@ class ReviewQueue:
         skip = set(exclude)
         chosen = [i for i in self.pending.values() if (task is None or i.task == task) and i.id not in skip]
         if order == "confidence":
-            chosen.sort(key=lambda i: (-1.0 if i.confidence is None else i.confidence, i.queued_at))
+            chosen.sort(key=lambda i: (-1.0 if i.confidence is None else i.confidence, i.queued_at, i.id))
         else:
-            chosen.sort(key=lambda i: i.queued_at)
+            chosen.sort(key=lambda i: (i.queued_at, i.id))  # ties (same millisecond) in a fixed order
         return chosen[:max(limit, 0)]
 
     def depth(self, task: str) -> int:

@@ -198,9 +198,10 @@ def test_review_queue_survives_a_restart_and_the_cli_answers_oldest_first(broker
     fb = [r.json() for r in answered]
     for record in fb:
         schemas.validate("feedback", record)
-    assert [f["label"] for f in fb] == ["fresh", "rotten"] and all(f["reviewer"] == "terminal" for f in fb)
-    order = [r.json()["id"] for r in sorted(reviews, key=lambda r: r.json()["processed_at"])]
-    assert [f["id"] for f in fb] == order[:2], "the CLI offers the oldest items first"
+    order = [r.json()["id"] for r in sorted(reviews, key=lambda r: (r.json()["processed_at"], r.json()["id"]))]
+    # The CLI offers the oldest items first: "1" answered the oldest with label 1, "rotten" the next one.
+    assert {f["id"]: f["label"] for f in fb} == {order[0]: "fresh", order[1]: "rotten"}
+    assert all(f["reviewer"] == "terminal" for f in fb)
     assert {h.json()["id"] for h in human if h.json()["decision"] == "human"} == set(order[:2])
     assert [i["id"] for i in items] == order[2:], "answered items are not offered again after a restart"
     assert [i["id"] for i in orjson.loads(listing.stdout)["items"]] == order[2:]
