@@ -399,3 +399,32 @@ def test_operations_settings_are_validated() -> None:
     text = str(err.value)
     assert "STREAMS_TOKEN_PRICES entry 'oops'" in text and "STREAMS_REVIEW_QUEUE_MAX" in text
     assert "STREAMS_ALERT_WEBHOOK_URL" in text
+
+
+# --- deploy/: Prometheus configuration --------------------------------------------------------------
+
+def test_prometheus_config_and_alert_rules_use_series_the_worker_exports() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    config = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    job = config["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics" and job["dns_sd_configs"][0]["port"] == 6066
+    rules_text = (deploy / config["rule_files"][0]).read_text()
+    rules = yaml.safe_load(rules_text)["groups"][0]["rules"]
+    names = {r["alert"] for r in rules}
+    assert {"ReviewQueueGrowing", "DriftAlertOpen", "ModelErrorRateHigh"} <= names
+    assert all(r["expr"] and r["annotations"]["summary"] for r in rules)
+    m = ServiceMetrics({"m": (1, 1)})
+    m.state.queue, m.state.drift = ReviewQueue(LABELS), DriftHistory()
+    m.state.drift.add(status(0.01), 0)
+    m.state.lag = {("classify.requests", 0): 1}
+    m.observe_record("results", {"task": "sentiment", "decision": "auto", "confidence": 0.9})
+    m.model_errors.labels("sentiment", "timeout").inc()
+    m.model_calls.labels("sentiment").inc()
+    exported = {name for name, _ in parse(m.exposition())}
+    used = set(re.findall(r"llm_classify_[a-z_]+", rules_text))
+    assert used and used <= exported, used - exported
