@@ -181,6 +181,44 @@ async def traffic(settings: Settings, count: int, timeout_s: float) -> bool:
         await consumer.stop()
 
 
+def drift_baseline(env: dict[str, str]) -> None:
+    """Capture a drift baseline before any traffic: canaries only (the demo's traffic is too short for
+    its 300 s windows), so the worker's canary runs have something to compare with."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "streams", "drift", "baseline", "--task", TASK, "--last-seconds", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    print(proc.stdout.strip() or proc.stderr.strip(), flush=True)
+
+
+async def answer_reviews(settings: Settings, limit: int) -> int:
+    """Answer up to `limit` pending review items (audit samples first) with the critic's label from
+    `metadata`: what a reviewer would do, so the dashboard's reliability and audited accuracy fill in."""
+    from streams.kafka_io import read_topic
+    from streams.ops.review_queue import answer_record
+    from streams.ops.review_cli import load_queue
+
+    tasks = load_tasks(settings.tasks_file)
+    queue = await load_queue(settings, tasks)
+    truth = {rec["id"]: (rec.get("metadata") or {}).get("true_label")
+             for _, _, rec in await read_topic(settings.bootstrap_servers, settings.topic("review"),
+                                               kafka_client_options(settings))}
+    items = sorted(queue.items(TASK, "oldest", 100_000), key=lambda i: not i.audit)[:limit]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                **kafka_client_options(settings))
+    await producer.start()
+    n = 0
+    try:
+        for item in items:
+            if truth.get(item.id) in tasks.tasks[TASK].labels:
+                record = answer_record(item, truth[item.id], "demo")
+                await producer.send_and_wait(settings.topic("feedback"), orjson.dumps(record), key=item.id.encode())
+                n += 1
+    finally:
+        await producer.stop()
+    return n
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams demo", description=__doc__)
     parser.add_argument("--count", type=int, default=150, help="sample reviews to classify")
@@ -190,6 +228,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--max-in-flight", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=0, help="seconds to wait for outputs (0 = from count)")
+    parser.add_argument("--answer", type=int, default=None,
+                        help="answer this many review items as a reviewer would, with the known labels "
+                             "(default 0; 40 with --screenshot)")
+    parser.add_argument("--screenshot", metavar="PNG",
+                        help="at the end, write a PNG of the worker's dashboard (needs chromium)")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="llm-classify-demo-"))
@@ -217,6 +260,8 @@ def main(argv: list[str]) -> int:
             if args.calibrate > 0:
                 os.environ.update(env)  # the calibrate command reads the same settings as the worker
                 calibrate(args.calibrate, workdir)
+            if args.screenshot:  # canary-only drift baseline, so the dashboard's canary plot has data
+                drift_baseline(env)
             print("starting a worker: python -m streams worker ...", flush=True)
             worker = ChildProcess("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"],
                                   workdir / "worker.log", env)
@@ -226,5 +271,15 @@ def main(argv: list[str]) -> int:
                 if not worker.alive():
                     print(f"the worker died; its log:\n{worker.tail(40)}", file=sys.stderr)
                     return 1
+                answers = args.answer if args.answer is not None else (40 if args.screenshot else 0)
+                if answers:
+                    answered = asyncio.run(answer_reviews(settings, answers))
+                    print(f"\nanswered {answered} review items with their known labels (as reviewers would)")
+                if args.screenshot:
+                    time.sleep(12)  # the dashboard samples every 5 s; let the answers reach it
+                    from streams.ops.screenshot import screenshot
+
+                    url = f"http://127.0.0.1:{env['STREAMS_WEB_PORT']}/dashboard/"
+                    print(f"dashboard screenshot: {screenshot(url, Path(args.screenshot))}")
     print(f"\nall outputs accounted for: {'yes' if ok else 'NO'}; logs in {workdir}")
     return 0 if ok else 1
