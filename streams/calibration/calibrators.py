@@ -90,6 +90,15 @@ def _log_probs(p: np.ndarray) -> np.ndarray:
 
 def _normalise(q: np.ndarray) -> np.ndarray:
     """Rows of strictly positive scores divided by their sums (works for (K,) and (n, K))."""
+    if q.ndim == 1 and q.shape[0] < 8:
+        # One message (the classify path): the same sum (numpy adds fewer than 8 numbers left to right)
+        # and the same divisions in Python, 4x faster than two numpy calls on a tiny array.
+        row = q.tolist()
+        total = 0.0
+        for v in row:
+            total += v
+        if total > 0.0:  # else (NaN, zero) numpy's own division, warnings and all
+            return np.array([v / total for v in row])
     return q / q.sum(axis=-1, keepdims=True)
 
 

@@ -245,3 +245,41 @@ def test_normalised_entropy_matches_scipy(seed: int) -> None:
     expected = scipy.stats.entropy(p) / math.log(k)
     assert normalised_entropy(p) == pytest.approx(expected, abs=1e-12)
     assert 0.0 < normalised_entropy(p) < 1.0
+
+
+def _numpy_label_scores(top: list[tuple[str, float]], matcher: LabelMatcher) -> LabelScores:
+    """The earlier numpy formulation, kept as the reference the hot-path version must equal bit for bit."""
+    sums = np.zeros(len(matcher.labels))
+    if not top:
+        return LabelScores(sums, 0.0, 0.0)
+    logprobs = np.fromiter((lp for _, lp in top), dtype=float, count=len(top))
+    probs = np.exp(np.minimum(np.nan_to_num(logprobs, nan=-np.inf), 0.0))
+    idx = np.fromiter((matcher.index(tok) for tok, _ in top), dtype=np.intp, count=len(top))
+    np.add.at(sums, idx[idx >= 0], probs[idx >= 0])
+    topk_mass, label_total = float(probs.sum()), float(sums.sum())
+    if label_total <= 0.0:
+        return LabelScores(sums, 0.0, topk_mass)
+    return LabelScores(sums / label_total, label_total / topk_mass if topk_mass > 0 else 0.0, topk_mass)
+
+
+@pytest.mark.parametrize("n_labels", [2, 3, 9, 12])
+def test_label_scores_and_entropy_equal_the_numpy_formulation_bit_for_bit(n_labels: int) -> None:
+    """The pure-Python hot path (bench/stats_path.py) changes speed, not numbers: 3000 random replies each,
+    1 to 20 tokens (numpy's 8-accumulator pairwise sum starts at 9), with NaN, +/-inf and positive logprobs."""
+    rng = np.random.default_rng(n_labels)
+    labels = tuple(f"label{chr(97 + i)}x" for i in range(n_labels))
+    matcher = LabelMatcher(labels)
+    vocab = [*labels, *(" " + lbl for lbl in labels), "label", "the", "\n", "<", "▁" + labels[0]]
+    specials = [float("nan"), -math.inf, math.inf, 1e-7, 0.0]
+    for _ in range(3000):
+        n = int(rng.integers(1, 21))
+        top = [(vocab[int(rng.integers(len(vocab)))],
+                specials[int(rng.integers(len(specials)))] if rng.random() < 0.05 else float(-rng.exponential(2.0)))
+               for _ in range(n)]
+        got, want = label_scores(top, matcher), _numpy_label_scores(top, matcher)
+        assert got.label_mass == want.label_mass and got.topk_mass == want.topk_mass, top
+        assert np.array_equal(got.probabilities, want.probabilities), top
+        p = rng.dirichlet(np.full(n_labels, 0.5))
+        p[rng.random(n_labels) < 0.2] = 0.0
+        nz = p[p > 0]
+        assert normalised_entropy(p) == float(-(nz * np.log(nz)).sum() / math.log(n_labels))

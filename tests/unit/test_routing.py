@@ -67,3 +67,28 @@ def test_nan_probabilities_go_to_review() -> None:
     r = route(np.array([np.nan, np.nan]), 1.0, 0.8, 0.5)
     assert r.decision == "review"
     assert r.reason == "invalid_scores" and r.label_index == -1
+
+
+def _numpy_route(calibrated: np.ndarray, label_mass: float, threshold: float | None, min_label_mass: float) -> Route:
+    """The numpy formulation the per-row fast path replaced, as the reference it must agree with."""
+    if not np.isfinite(calibrated).all():
+        return Route("review", "invalid_scores", -1)
+    if label_mass < min_label_mass or not calibrated.any():
+        return Route("review", "low_label_mass", int(np.argmax(calibrated)) if calibrated.any() else -1)
+    best = int(np.argmax(calibrated))
+    if threshold is None:
+        return Route("review", "not_calibrated", best)
+    if calibrated[best] < threshold:
+        return Route("review", "low_confidence", best)
+    return Route("auto", None, best)
+
+
+def test_row_fast_path_agrees_with_the_numpy_formulation() -> None:
+    rng = np.random.default_rng(5)
+    values = [0.0, -0.0, 0.5, 0.25, 1.0, float("nan"), float("inf")]
+    for _ in range(5000):
+        k = int(rng.integers(2, 6))
+        row = np.array([values[int(rng.integers(len(values)))] if rng.random() < 0.4 else float(rng.random())
+                        for _ in range(k)])
+        mass, threshold = float(rng.random()), (None if rng.random() < 0.1 else float(rng.random()))
+        assert route(row, mass, threshold, 0.3) == _numpy_route(row, mass, threshold, 0.3), (row, mass, threshold)
