@@ -221,9 +221,8 @@ class ConfidenceRunner:
 
     async def verbalized(self, task: Task, text: str) -> MethodResult:
         pol = task.confidence
-        suffix = verb.instruction(task.labels, pol.verbalized_instruction or verb.DEFAULT_INSTRUCTION)
-        msgs = task.prompt.messages(text)
-        msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + suffix}
+        msgs = verb.messages(task.prompt.messages(text), task.labels,
+                             pol.verbalized_instruction or verb.DEFAULT_INSTRUCTION)
         s = await self.client.chat(task.model, msgs, max_tokens=pol.verbalized_max_tokens, temperature=0.0)
         res = MethodResult("verbalized", None, 0.0, "ambiguous")
         res.add_cost(s)

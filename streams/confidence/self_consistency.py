@@ -3,7 +3,9 @@
 The model is sampled at temperature > 0; each answer is mapped to a label or to *none* (no label).
 Votes are a stream over K labels + none. After each batch the rule asks whether the current leader is
 settled as the long-run majority (the category a vote lands in most often); if so, sampling stops,
-otherwise it goes on up to the budget. Two rules, both on scipy.stats.beta:
+otherwise it goes on up to the budget. Three rules, on scipy's Beta distribution (`scipy.stats.beta`
+for intervals, its CDF `scipy.special.betainc` vectorised in the hot path) and
+`scipy.stats.dirichlet_multinomial`:
 
 - ``posterior`` (default): a Dirichlet(prior) over the K+1 vote shares, updated with the counts. The
   leader L is settled when the posterior probability that some other category j has a share at
@@ -12,6 +14,10 @@ otherwise it goes on up to the budget. Two rules, both on scipy.stats.beta:
   A posterior probability stays valid under optional stopping, so among items whose shares are
   drawn from the prior, the rate of stopping on the wrong majority is <= ``error_rate``. It is a
   Bayesian guarantee: for one fixed item whose two shares are nearly equal it can be exceeded.
+- ``predictive``: settled when the posterior predictive probability (Dirichlet-multinomial) that
+  the leader is *not* the strict plurality of all ``budget`` votes is <= ``error_rate``: it targets
+  agreement with the fixed-budget vote rather than with the long-run majority, with the same
+  Bayesian sense of guarantee.
 - ``confidence_sequence``: anytime-valid and frequentist. For each ordered pair (i, j), the votes that
   fall on i or j form a Bernoulli stream with p = theta_i / (theta_i + theta_j); the mixture
   likelihood ratio of p ~ Uniform(0.5, 1) against p = 0.5 is a non-negative supermartingale whenever
@@ -26,15 +32,16 @@ confidence (the smoothed vote share of each label, and a Beta interval for the l
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln
+from scipy.special import betainc, betaln
 from scipy.stats import beta
 
-RULES = ("posterior", "confidence_sequence")
+RULES = ("posterior", "predictive", "confidence_sequence")
 NONE = -1  # a vote for no label
 
 
@@ -88,12 +95,14 @@ def _leader(counts: np.ndarray) -> int:
     return int(winners[0]) if len(winners) == 1 else -2
 
 
-def _log_mixture_lr(a: int, b: int) -> float:
-    """log of int_{1/2}^{1} 2 p^a (1-p)^b dp / (1/2)^(a+b): Uniform(1/2, 1) mixture vs p = 1/2."""
-    tail = beta.sf(0.5, a + 1, b + 1)
-    if tail <= 0:
-        return -math.inf
-    return math.log(2.0) + float(betaln(a + 1, b + 1)) + math.log(tail) + (a + b) * math.log(2.0)
+def _log_mixture_lr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log of int_{1/2}^{1} 2 p^a (1-p)^b dp / (1/2)^(a+b): Uniform(1/2, 1) mixture vs p = 1/2.
+
+    The integral is B(a+1, b+1) * P(Beta(a+1, b+1) > 1/2); the Beta tail is `betainc(b+1, a+1, 1/2)`
+    (scipy's regularised incomplete beta, i.e. the Beta CDF, vectorised over the pairs)."""
+    tail = betainc(b + 1.0, a + 1.0, 0.5)
+    with np.errstate(divide="ignore"):
+        return math.log(2.0) + betaln(a + 1.0, b + 1.0) + np.log(tail) + (a + b) * math.log(2.0)
 
 
 def decide(counts: np.ndarray, rule: StoppingRule) -> Decision:
@@ -112,16 +121,18 @@ def decide(counts: np.ndarray, rule: StoppingRule) -> Decision:
 
 
 def _bound(counts: np.ndarray, cat: int, rule: StoppingRule) -> float:
-    others = [j for j in range(len(counts)) if j != cat]
+    others = np.delete(counts, cat).astype(np.float64)
     c_l = float(counts[cat])
     if rule.rule == "posterior":
         a0 = rule.prior
-        total = sum(float(beta.cdf(0.5, c_l + a0, float(counts[j]) + a0)) for j in others)
-        return min(1.0, total)
+        # P(theta_j >= theta_L) = P(Beta(c_L + a0, c_j + a0) <= 1/2) = beta.cdf(0.5, ...) = betainc(..., 0.5)
+        return float(min(1.0, betainc(c_l + a0, others + a0, 0.5).sum()))
+    if rule.rule == "predictive":
+        return _predictive_bound(counts, cat, rule)
     # confidence sequence: every pair (leader, j) must have crossed 1/alpha'; report the implied level
     k_all = len(counts)
     pairs = k_all * (k_all - 1)
-    worst = min(_log_mixture_lr(int(c_l), int(counts[j])) for j in others)
+    worst = float(_log_mixture_lr(np.full_like(others, c_l), others).min())
     return min(1.0, pairs * math.exp(-worst)) if worst > -math.inf else 1.0
 
 
@@ -176,3 +187,49 @@ def summary(counts: np.ndarray, prior: float = 0.5, level: float = 0.95) -> Vote
     lo, hi = beta.ppf([(1 - level) / 2, (1 + level) / 2], lab[best] + prior, named - lab[best] + (k - 1) * prior)
     ambiguous = leader == NONE
     return VoteSummary(probs, float(named / n), leader, (float(lo), float(hi)), ambiguous)
+
+
+def _compositions(m: int, k: int) -> np.ndarray:
+    """Every way to put m votes into k categories, as rows."""
+    if k == 1:
+        return np.array([[m]], dtype=np.int64)
+    rows = [np.column_stack([np.full(len(rest), i, dtype=np.int64), rest])
+            for i in range(m + 1) for rest in [_compositions(m - i, k - 1)]]
+    return np.vstack(rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _compositions_cached(m: int, k: int) -> np.ndarray:
+    out = _compositions(m, k)
+    out.flags.writeable = False
+    return out
+
+
+def _predictive_bound(counts: np.ndarray, cat: int, rule: StoppingRule) -> float:
+    """P(the leader is not the strict plurality of all `budget` votes | votes so far), Dirichlet-multinomial.
+
+    Exact (scipy.stats.dirichlet_multinomial over every split of the remaining votes) when the splits
+    are few; otherwise Monte Carlo with 20,000 draws and a seed fixed by the counts (reproducible).
+    """
+    from math import comb
+
+    from scipy.stats import dirichlet_multinomial
+
+    m = rule.budget - int(counts.sum())
+    if m <= 0:
+        final = counts
+        return 0.0 if (final[cat] > np.delete(final, cat)).all() else 1.0
+    alpha = counts.astype(np.float64) + rule.prior
+    k = len(counts)
+    if comb(m + k - 1, k - 1) <= 20000:
+        future = _compositions_cached(m, k)
+        pmf = dirichlet_multinomial.pmf(future, alpha, m)
+        final = future + counts
+        keeps = (final[:, [cat]] > np.delete(final, cat, axis=1)).all(axis=1)
+        return float(max(0.0, 1.0 - pmf[keeps].sum()))
+    rng = np.random.default_rng(abs(hash(tuple(counts.tolist()))) % 2**32)
+    theta = rng.dirichlet(alpha, size=20000)
+    future = np.array([rng.multinomial(m, t) for t in theta])
+    final = future + counts
+    keeps = (final[:, [cat]] > np.delete(final, cat, axis=1)).all(axis=1)
+    return float(1.0 - keeps.mean())

@@ -30,6 +30,9 @@ DEFAULT_INSTRUCTION = (
     "\nAnswer with the label, then how likely it is that your label is right, as a probability "
     "from 0 to 1. Example: {example} 0.8"
 )
+#: Few-shot assistant turns show the answer format with this probability ("fresh 0.9"): the examples are
+#: clear-cut ones, and a model that answers only in the format it was shown needs to see a number.
+EXAMPLE_CONFIDENCE = 0.9
 UNPARSED_MARGIN = 0.01
 _WORDS = (  # longest first, so "very high" is not read as "high"
     ("almost certain", 0.95), ("very confident", 0.9), ("very high", 0.9), ("very likely", 0.9),
@@ -40,7 +43,7 @@ _WORDS = (  # longest first, so "very high" is not read as "high"
 _NUM = r"(?<![\w.\-])(-?\d+(?:\.\d+)?|-?\.\d+)"
 _PERCENT = re.compile(_NUM + r"\s*(?:%|percent\b|per cent\b)")
 _FRACTION = re.compile(r"(?<![\w./])(\d{1,3})\s*/\s*(\d{1,3})(?![\w./])")
-_DECIMAL = re.compile(_NUM + r"(?![\w%/]|\s*%|\s*/\s*\d|\s*percent)")
+_DECIMAL = re.compile(_NUM + r"(?!\.\d)(?![\w%/]|\s*%|\s*/\s*\d|\s*percent)")
 _CONF_INT = re.compile(r"(?:confidence|probability|certainty|sure)\s*(?:is|of|:|=)?\s*(\d{1,3})(?![\w.%/])")
 
 
@@ -49,6 +52,16 @@ class Verbalized:
     label: int  # label index, -1 when none or several
     confidence: float | None  # the stated probability, None when unparseable
     probabilities: np.ndarray | None  # over the labels; None when no single label was given
+
+
+def messages(chat: list[dict[str, str]], labels: Sequence[str], template: str = DEFAULT_INSTRUCTION) -> list[dict[str, str]]:
+    """The task's chat messages for this method: examples answer "label 0.9", the item gets the instruction."""
+    out = [dict(m) for m in chat]
+    for m in out[:-1]:
+        if m["role"] == "assistant":
+            m["content"] = f"{m['content']} {EXAMPLE_CONFIDENCE}"
+    out[-1]["content"] += instruction(labels, template)
+    return out
 
 
 def instruction(labels: Sequence[str], template: str = DEFAULT_INSTRUCTION) -> str:
