@@ -39,12 +39,22 @@ classifier = Classifier(
 counts: Counter[str] = Counter()
 
 
+#: Topic names by logical name, for sending straight to the producer.
+topic_names: dict[str, str] = {logical: topic.get_topic_name() for logical, topic in topics.items()}
+
+
 async def publish(output: Output) -> None:
-    """Send and wait for the broker's acknowledgement; retry forever rather than lose a record."""
+    """Send and wait for the broker's acknowledgement; retry forever rather than lose a record.
+
+    Straight to the worker's producer (Faust's own aiokafka producer: acks=all, linger and batch size
+    from `streams.app`) rather than through `Topic.send`, whose channel, future-message and sensor
+    layers cost more per record than the send itself (bench/README.md, Throughput).
+    """
     delay = 0.1
     while True:
         try:
-            fut = await topics[output.topic].send(key=output.key, value=output.value)
+            producer = await app.maybe_start_producer()
+            fut = await producer.send(topic_names[output.topic], output.key, output.value, None, None, None)
             await fut
             return
         except asyncio.CancelledError:
@@ -75,7 +85,10 @@ class InFlight:
         msg = event.message
         try:
             outputs = await classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
-            await asyncio.gather(*(publish(o) for o in outputs))
+            if len(outputs) == 1:  # the usual case: no gather, no extra task
+                await publish(outputs[0])
+            else:
+                await asyncio.gather(*(publish(o) for o in outputs))
             for o in outputs:
                 counts[o.topic] += 1
             METRICS.observe_outputs(outputs)  # /metrics and the dashboard (streams/ops)
