@@ -5,7 +5,8 @@ fixed, known logprob distribution, so benchmarks measure the worker rather than 
 provoke latency, rate limiting (HTTP 429), missing logprobs and chosen labels (`[[label=NAME]]` in the last
 user message). The demo uses the real local model (`serve-model`), never this.
 
-Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`.
+Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`; latency is fixed plus
+uniform jitter by default, or `--latency-dist lognormal|exponential` (mean `--latency-ms`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ MARKER = re.compile(r"\[\[label=([^\]]+)\]\]")
 FILLERS: tuple[tuple[str, float], ...] = (("the", 0.5), ("<", 0.3), ("\n", 0.2))
 BARE_SHARE = 0.8  # share of a label's mass on "label"; the rest goes to " label", as real tokenisers split it
 MAX_TOP_LOGPROBS = 20
+LATENCY_DISTS = ("uniform", "lognormal", "exponential")
 
 
 @dataclass
@@ -41,6 +43,9 @@ class SyntheticConfig:
     label_probs: list[float] = field(default_factory=lambda: [0.7, 0.3])
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    #: "uniform": latency_ms +/- latency_jitter_ms; "lognormal": mean latency_ms, standard deviation
+    #: latency_jitter_ms (a long right tail, like a real serving stack); "exponential": mean latency_ms.
+    latency_dist: str = "uniform"
     max_concurrency: int = 0  # 0 = unlimited; beyond it requests get HTTP 429
     logprobs: bool = True  # False mimics providers that drop logprobs: the response has `logprobs: null`
     seed: int | None = None
@@ -59,8 +64,20 @@ class SyntheticConfig:
             problems.append("force_prob must be in (0, 1]")
         if self.latency_ms < 0 or self.latency_jitter_ms < 0 or self.max_concurrency < 0:
             problems.append("latency_ms, latency_jitter_ms and max_concurrency must be >= 0")
+        if self.latency_dist not in LATENCY_DISTS:
+            problems.append(f"latency_dist must be one of {', '.join(LATENCY_DISTS)}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def latency_s(self, rng: random.Random) -> float:
+        """One call's delay, drawn from the configured distribution."""
+        mean, spread = self.latency_ms, self.latency_jitter_ms
+        if self.latency_dist == "lognormal" and mean > 0 and spread > 0:
+            sigma2 = math.log1p((spread / mean) ** 2)
+            return rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2)) / 1000
+        if self.latency_dist == "exponential" and mean > 0:
+            return rng.expovariate(1 / mean) / 1000
+        return max(0.0, mean + rng.uniform(-spread, spread)) / 1000
 
     def distribution(self, forced: str | None = None) -> list[tuple[str, float]]:
         """Token probabilities, most likely first; a forced label (even one outside `labels`) gets `force_prob`."""
@@ -180,9 +197,9 @@ class SyntheticModelServer:
                 return _error(400, "invalid_request_error", "body must be a JSON object")
             if body.get("stream"):
                 return _error(400, "invalid_request_error", "streaming is not supported")
-            delay = cfg.latency_ms + self._rng.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms)
+            delay = cfg.latency_s(self._rng)
             if delay > 0:
-                await asyncio.sleep(delay / 1000)
+                await asyncio.sleep(delay)
             text = _last_user_text(body.get("messages"))
             marker = MARKER.search(text)
             ranked = cfg.distribution(marker.group(1) if marker else None)
@@ -224,7 +241,9 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
     parser.add_argument("--labels", help="comma-separated, default fresh,rotten")
     parser.add_argument("--label-probs", help="comma-separated, one per label; default 0.7,0.3 or uniform")
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
+    parser.add_argument("--latency-jitter-ms", type=float, default=0.0,
+                        help="uniform: +/- this; lognormal: the standard deviation")
+    parser.add_argument("--latency-dist", choices=LATENCY_DISTS, default="uniform")
     parser.add_argument("--max-concurrency", type=int, default=0, help="0 = unlimited; beyond it answer 429")
     parser.add_argument("--no-logprobs", action="store_true", help="answer `logprobs: null`")
     parser.add_argument("--seed", type=int)
@@ -232,6 +251,7 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
     config = SyntheticConfig(
         latency_ms=args.latency_ms,
         latency_jitter_ms=args.latency_jitter_ms,
+        latency_dist=args.latency_dist,
         max_concurrency=args.max_concurrency,
         logprobs=not args.no_logprobs,
         seed=args.seed,

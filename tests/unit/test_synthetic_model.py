@@ -129,3 +129,18 @@ def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="label_probs"):
         SyntheticConfig(label_probs=[0.8, 0.8])
     assert main(["--labels", "a,b", "--label-probs", "0.5"]) == 2
+
+
+def test_latency_distributions_have_the_configured_mean_and_spread() -> None:
+    import random
+    import statistics
+
+    rng = random.Random(1)
+    for dist, sd in (("uniform", 100 / 3 ** 0.5), ("lognormal", 80.0), ("exponential", 200.0)):
+        config = SyntheticConfig(latency_ms=200, latency_jitter_ms=100 if dist == "uniform" else 80, latency_dist=dist)
+        draws = [config.latency_s(rng) * 1000 for _ in range(20000)]
+        assert statistics.fmean(draws) == pytest.approx(200, rel=0.03), dist
+        assert statistics.pstdev(draws) == pytest.approx(sd, rel=0.05), dist
+        assert min(draws) >= 0
+    with pytest.raises(ValueError, match="latency_dist"):
+        SyntheticConfig(latency_dist="normal")
