@@ -172,6 +172,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--design", action="store_true", help="print the temperature choice on snippets 2000-2599")
     parser.add_argument("--base-url", help="use this running model server instead of starting one")
+    parser.add_argument("--available", action="store_true",
+                        help="no model calls: evaluate the items whose every cache entry is already there")
     args = parser.parse_args(argv)
     task = movie_task()
     if args.design:
@@ -181,6 +183,13 @@ def main(argv: list[str]) -> int:
     reviews = load_reviews(seed=args.seed)[: args.n]
     rows = [(f"rt-eval-{i:05d}", ex.text, ex.label) for i, ex in enumerate(reviews)]
     ids = [r[0] for r in rows]
+    if args.available:
+        have = set(ids)
+        for m in (*SINGLE_METHODS, *TEMPERATURES):
+            have &= set(_load_for(task, m, ids))
+        rows = [r for r in rows if r[0] in have]
+        ids = [r[0] for r in rows]
+        print(f"--available: {len(ids)} of {args.n} items have every method cached", file=sys.stderr)
     need = any(len(_load_for(task, m, ids)) < len(ids) for m in (*SINGLE_METHODS, *TEMPERATURES))
     if need and args.base_url:
         asyncio.run(_collect(task, rows, args.base_url, args.concurrency))
@@ -269,10 +278,10 @@ def main(argv: list[str]) -> int:
         r = evaluate(f"ensemble {how} (seq + verbalized + SC T=0.7)", pooled, y, ok, rq, None)
         r["note"] = "members' calibrators fitted on the same fit half"
         results.append(r)
-    print_report(results, adaptive_rows, args.n)
+    print_report(results, adaptive_rows, len(ids))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "confidence_methods.json").write_bytes(orjson.dumps({"methods": results, "adaptive": adaptive_rows,
-                                                                "n": args.n, "seed": args.seed},
+                                                                "n": len(ids), "seed": args.seed},
                                                                option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return 0
 

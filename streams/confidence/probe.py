@@ -85,13 +85,13 @@ async def probe_endpoint(client: ModelClient, endpoint: ModelEndpoint) -> Capabi
     notes: list[str] = []
     calls = 0
 
-    async def ask(messages: list[dict[str, str]], **kw: Any) -> ChatSample | None:
+    async def ask(messages: list[dict[str, str]], what: str = "call", **kw: Any) -> ChatSample | None:
         nonlocal calls
         calls += 1
         try:
             return await client.chat(endpoint, messages, **kw)
         except ModelError as exc:
-            notes.append(f"{kw.get('_what', 'call')}: {exc.kind}: {exc.message}"[:200])
+            notes.append(f"{what}: {exc.kind}: {exc.message}"[:200])
             return None
 
     replies = [await ask([{"role": "user", "content": p}], max_tokens=1, temperature=0.0, top_logprobs=20)
@@ -119,7 +119,7 @@ async def probe_endpoint(client: ModelClient, endpoint: ModelEndpoint) -> Capabi
 
     max_n = 1
     for n in (8, 4, 2):
-        r = await ask([{"role": "user", "content": RANDOM_PROMPT}], max_tokens=2, temperature=1.0, n=n)
+        r = await ask([{"role": "user", "content": RANDOM_PROMPT}], f"n={n}", max_tokens=2, temperature=1.0, n=n)
         if r is not None and len(r.texts) == n:
             max_n = n
             break
