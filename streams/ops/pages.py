@@ -29,7 +29,7 @@ nav a{margin-right:14px} .muted{color:#666;font-size:12px}
 .item{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:10px 0;max-width:900px}
 .item .text{white-space:pre-wrap;margin:6px 0 8px;font-size:15px}
 .probs span{display:inline-block;margin-right:12px;font-size:13px}
-.bar{display:inline-block;height:8px;background:#1f77b4;vertical-align:middle;margin-left:4px}
+.pbar{display:inline-block;height:8px;background:#1f77b4;vertical-align:middle;margin-left:4px}
 button{margin-right:6px;padding:4px 12px;font-size:14px;cursor:pointer}
 """
 
@@ -109,7 +109,7 @@ def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drif
 def _probabilities(item: PendingItem) -> str:
     if not item.probabilities:
         return '<span class="muted">the model gave no usable probabilities</span>'
-    return "".join(f'<span>{escape(k)} {v:.2f}<i class="bar" style="width:{max(v * 80, 1):.0f}px"></i></span>'
+    return "".join(f'<span>{escape(k)} {v:.2f}<i class="pbar" style="width:{max(v * 80, 1):.0f}px"></i></span>'
                    for k, v in sorted(item.probabilities.items(), key=lambda kv: -kv[1]))
 
 

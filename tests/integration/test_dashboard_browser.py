@@ -99,6 +99,8 @@ def test_dashboard_plots_and_a_review_answered_in_the_browser(broker: EmbeddedBr
                 line = page.locator('svg[aria-label="Throughput"] polyline.series').bounding_box()
                 bars = page.locator('svg[aria-label="Confidence (calibrated)"] rect.bar')
                 assert line is not None and line["width"] > 50 and bars.count() >= 2
+                heights = [bars.nth(i).bounding_box()["height"] for i in range(bars.count())]
+                assert max(heights) > 100, f"the tallest bar spans most of the plot's height: {heights}"
                 assert page.locator('svg[aria-label="Drift: traffic vs baseline"] polyline.threshold').count() >= 1
 
                 # The review page: answer the oldest item, then an audited one, with the label buttons.
