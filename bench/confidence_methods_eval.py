@@ -87,10 +87,10 @@ async def _collect(task: Task, rows: list[tuple[str, str, str]], base_url: str, 
         done = _load(path)
         jobs += [(method, None, path, r) for r in rows if r[0] not in done]
     pol = task.confidence.self_consistency
-    for t in TEMPERATURES:
-        path = CACHE / f"samples-T{t}-{_key(task, ('sc', t, pol.max_tokens, BUDGET))}.jsonl"
-        done = _load(path)
-        jobs += [("samples", t, path, r) for r in rows if r[0] not in done]
+    paths = {t: CACHE / f"samples-T{t}-{_key(task, ('sc', t, pol.max_tokens, BUDGET))}.jsonl" for t in TEMPERATURES}
+    done_t = {t: _load(path) for t, path in paths.items()}
+    for r in rows:  # interleaved, so a run cut short still has both temperatures on the same items
+        jobs += [("samples", t, paths[t], r) for t in TEMPERATURES if r[0] not in done_t[t]]
     if not jobs:
         return
     progress = Progress(len(jobs), "model calls for the evaluation (cached as they finish)")
@@ -145,17 +145,19 @@ def auroc(conf: np.ndarray, correct: np.ndarray) -> float:
 
 
 def evaluate(name: str, probs: np.ndarray, y: np.ndarray, ok: np.ndarray, requests: float, samples: float | None,
-             seed: int = 0) -> dict[str, Any]:
-    """Accuracy/AUROC on every scored item; ECE before/after on the held-out half of them."""
+             seed: int = 0, test_only: bool = False) -> dict[str, Any]:
+    """Accuracy/AUROC on every scored item (on the held-out half only with `test_only`, for scores that
+    were fitted on the other half); ECE before/after on the held-out half."""
     p, yy = probs[ok], y[ok]
-    conf, correct = confidence_and_correct(p, yy)
     fit, test = split(yy, (0.5, 0.5), seed)
+    conf, correct = confidence_and_correct(p[test], yy[test]) if test_only else confidence_and_correct(p, yy)
     cal, _ = select_calibrator(p[fit], yy[fit], CAL_METHODS)
     c_raw, r_raw = confidence_and_correct(p[test], yy[test])
     c_cal, r_cal = confidence_and_correct(cal.transform(p[test]), yy[test])
-    return {"method": name, "scored": int(ok.sum()), "items": len(y), "accuracy": float(correct.mean()),
+    return {"method": name, "scored": int(len(test) if test_only else ok.sum()), "items": len(y),
+            "accuracy": float(np.mean(correct)),
             "ece_raw": ece(c_raw, r_raw), "ece_calibrated": ece(c_cal, r_cal), "calibrator": cal.method,
-            "auroc": auroc(conf, correct), "auroc_calibrated": auroc(*confidence_and_correct(cal.transform(p), yy)),
+            "auroc": auroc(conf, correct),
             "requests_per_item": requests, "samples_per_item": samples}
 
 
@@ -183,6 +185,7 @@ def main(argv: list[str]) -> int:
     reviews = load_reviews(seed=args.seed)[: args.n]
     rows = [(f"rt-eval-{i:05d}", ex.text, ex.label) for i, ex in enumerate(reviews)]
     ids = [r[0] for r in rows]
+    all_rows = list(rows)
     if args.available:
         have = set(ids)
         for m in (*SINGLE_METHODS, *TEMPERATURES):
@@ -263,7 +266,8 @@ def main(argv: list[str]) -> int:
                 pa = np.array(probs_a)
                 raws[name], oks[name] = pa, np.array(ok_a) & ok_all
                 reqs[name] = np.array(requests, dtype=float)
-                results.append(evaluate(name, pa, y, oks[name], float(np.mean(requests)), float(np.mean(used))))
+                results.append(evaluate(name, pa, y, oks[name], float(np.array(requests)[ok_all].mean()),
+                                        float(used_a.mean())))
     # ensembles: members calibrated on the fit half, pooled, then a calibrator on the pooled scores
     members = ("sequence_scores", "verbalized", "self_consistency adaptive (T=0.7)")
     ok = np.logical_and.reduce([oks[m] for m in members])
@@ -275,9 +279,20 @@ def main(argv: list[str]) -> int:
     for how in ("mean", "loglinear"):
         pooled = pool(cal_members, None, how)
         rq = float(sum(reqs[m] for m in members).mean())
-        r = evaluate(f"ensemble {how} (seq + verbalized + SC T=0.7)", pooled, y, ok, rq, None)
-        r["note"] = "members' calibrators fitted on the same fit half"
+        r = evaluate(f"ensemble {how} (seq + verb + SC 0.7), held-out", pooled, y, ok, rq, None, test_only=True)
+        r["note"] = "members' calibrators fitted on the fit half; every figure on the held-out half"
         results.append(r)
+    if len(all_rows) > len(rows):  # single-call methods are cached for more items: report them on all too
+        all_ids = [r[0] for r in all_rows]
+        y_all = np.array([index[r[2]] for r in all_rows])
+        for method in SINGLE_METHODS:
+            recs = _load_for(task, method, all_ids)
+            keep = [i for i in all_ids if i in recs]
+            yk = np.array([y_all[all_ids.index(i)] for i in keep])
+            ok = np.array([recs[i].get("raw") is not None for i in keep])
+            probs = np.array([recs[i]["raw"] if recs[i].get("raw") is not None else [1.0 / k] * k for i in keep])
+            rq = float(np.mean([recs[i].get("requests", 1) for i in keep]))
+            results.append(evaluate(f"{method} (all {len(keep)} items)", probs, yk, ok, rq, None))
     print_report(results, adaptive_rows, len(ids))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "confidence_methods.json").write_bytes(orjson.dumps({"methods": results, "adaptive": adaptive_rows,
@@ -299,14 +314,16 @@ def _load_for(task: Task, what: Any, ids: list[str]) -> dict[str, dict[str, Any]
 def print_report(results: list[dict[str, Any]], adaptive: list[dict[str, Any]], n: int) -> None:
     print(f"\nGemma 3 270M on {n} Rotten Tomatoes snippets (ECE: 15 equal bins, on the held-out half; "
           "calibrator chosen by 5-fold CV NLL on the fit half)\n")
-    head = f"{'method':<44}{'scored':>7}{'acc':>7}{'ECE raw':>9}{'ECE cal':>9}{'AUROC':>7}{'req/item':>9}{'samples':>8}"
+    head = (f"{'method':<49}{'scored':>7}{'acc':>7}{'ECE raw':>9}{'ECE cal':>9}{'calibrator':>12}{'AUROC':>7}"
+            f"{'req/item':>9}{'samples':>8}")
     print(head)
     print("-" * len(head))
     for r in results:
         smp = f"{r['samples_per_item']:.2f}" if r["samples_per_item"] is not None else "-"
-        print(f"{r['method']:<44}{r['scored']:>7}{r['accuracy']:>7.3f}{r['ece_raw']:>9.4f}{r['ece_calibrated']:>9.4f}"
-              f"{r['auroc']:>7.3f}{r['requests_per_item']:>9.2f}{smp:>8}")
-    print(f"\nadaptive self-consistency vs a fixed {BUDGET}-sample vote (same samples; prefix replay)\n")
+        print(f"{r['method']:<49}{r['scored']:>7}{r['accuracy']:>7.3f}{r['ece_raw']:>9.4f}{r['ece_calibrated']:>9.4f}"
+              f"{r['calibrator']:>12}{r['auroc']:>7.3f}{r['requests_per_item']:>9.2f}{smp:>8}")
+    print(f"\nadaptive self-consistency vs a fixed {BUDGET}-sample vote (same samples; prefix replay; "
+          "a tied vote counts as wrong in the accuracies)\n")
     head = (f"{'T':>4} {'rule':<20}{'samples':>8}{'of 20':>7}{'saved':>7}{'agree':>8}{'disagree':>9}"
             f"{'acc adapt':>10}{'acc fixed':>10}{'req (n=4)':>10}")
     print(head)
