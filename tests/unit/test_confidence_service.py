@@ -90,3 +90,34 @@ def test_each_method_has_its_own_calibrator() -> None:
     single, c1 = asyncio.run(_run(False, ["a fine film"], rec, methods='["first_token_logprobs"]'))
     assert single[0]["method"] == "first_token_logprobs" and single[0]["review_reason"] == "no_logprobs"
     assert single[0]["calibrator_version"] != rec["version"] and not c1.probes.results, "one method: no probe"
+
+
+def test_probe_command_prints_and_caches_capabilities(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    import threading
+
+    from streams.confidence import probe
+
+    loop = asyncio.new_event_loop()
+    server = SyntheticModelServer(SyntheticConfig(logprobs=False))
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        tasks_file = tmp_path / "tasks.toml"
+        tasks_file.write_text(_tasks(server.base_url))
+        monkeypatch.setenv("STREAMS_TASKS_FILE", str(tasks_file))
+        cache = tmp_path / "probe.json"
+        assert probe.main(["--cache", str(cache)]) == 0
+        out = capsys.readouterr().out
+        assert "logprobs no" in out and "temperature no" in out
+        assert "task t: methods ['first_token_logprobs', 'self_consistency', 'verbalized'] -> verbalized" in out
+        stored = orjson.loads(cache.read_bytes())
+        assert list(stored) == [f"{server.base_url} synthetic"] and stored[f"{server.base_url} synthetic"]["calls"] > 0
+        requests_before = server.stats()["requests"]
+        assert probe.main(["--cache", str(cache), "--json"]) == 0  # answered from the cache: no calls
+        assert server.stats()["requests"] == requests_before
+        assert orjson.loads(capsys.readouterr().out)["tasks"]["t"]["chosen"] == "verbalized"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
