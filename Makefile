@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean bench-calibration
+.PHONY: demo test clean bench-calibration bench-throughput
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; run: make PYTHON=python3.11 ...")'
@@ -48,3 +48,9 @@ $(BENCH_VENV)/.installed-bench: pyproject.toml
 bench-calibration: $(BENCH_VENV)/.installed-bench
 	$(BENCH_PY) bench/calibration_eval.py $(ARGS)
 	$(BENCH_PY) bench/netcal_compare.py $(ARGS)
+
+# Throughput and scale (bench/README.md, "Throughput"): raw aiokafka pass-through as the ceiling, the full
+# worker at zero model latency, 200 ms latency at in-flight 32/128/512, the statistics path, RSS over 1M
+# messages, two workers against one. Prints figures; about 30-60 minutes on 2 shared cores.
+bench-throughput: $(VENV)/.installed-local
+	$(PY) bench/throughput.py $(ARGS)

@@ -316,25 +316,35 @@ def part_scale(bench: Bench, latency_ms: float, limit: int, seconds: float) -> N
     print(f"  two / one  : {two.rate / one.rate:.2f}x")
 
 
-def part_rss(bench: Bench, n: int, max_in_flight: int) -> None:
+def part_rss(bench: Bench, n: int, max_in_flight: int, timeout_s: float) -> None:
     print(f"\n== worker RSS over {n} messages, zero model latency, in-flight limit {max_in_flight} ==")
     samples: list[tuple[float, float]] = []
+    hwm = [0.0]
     t0 = time.monotonic()
 
     def sample(pid: int) -> None:
         try:
             samples.append((time.monotonic() - t0, rss_mb(pid)))
+            hwm[0] = rss_mb(pid, "VmHWM")  # the kernel's own peak, between samples too
         except OSError:
             pass
 
     before = load()
     started = time.monotonic()
-    r = bench.pipeline(n, max_in_flight, sample=sample, timeout_s=3600)
+    try:
+        r = bench.pipeline(n, max_in_flight, sample=sample, timeout_s=timeout_s)
+        done = f"{r.rate:.0f} msg/s"
+    except TimeoutError as exc:  # still report what was seen: a slow machine must not lose the samples
+        done = f"NOT FINISHED ({exc})"
     took = time.monotonic() - started
+    if not samples:
+        print(f"  no RSS samples; {done}")
+        return
     rss = [s for _, s in samples]
     warm = rss[len(rss) // 10:] or rss
-    print(f"  {r.rate:.0f} msg/s, {took:.0f} s in all; RSS samples {len(rss)} (every ~1 s; {before})")
-    print(f"  peak RSS {max(rss):.0f} MB; after the first 10% of the run: {min(warm):.0f}..{max(warm):.0f} MB")
+    print(f"  {done}, {took:.0f} s in all; RSS samples {len(rss)} (every ~1 s; {before})")
+    print(f"  peak RSS {max(rss):.0f} MB sampled, {hwm[0]:.0f} MB by the kernel (VmHWM); after the first 10% of the "
+          f"run: {min(warm):.0f}..{max(warm):.0f} MB")
     for share in (0.1, 0.25, 0.5, 0.75, 1.0):
         t, v = samples[min(len(samples) - 1, int(share * (len(samples) - 1)))]
         print(f"    at {share:4.0%} of the run ({t:5.0f} s): {v:.0f} MB")
@@ -351,6 +361,7 @@ def main() -> None:
     parser.add_argument("--limits", default="32,128,512")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each latency-bound run at the ideal rate")
     parser.add_argument("--rss-n", type=int, default=1_000_000)
+    parser.add_argument("--rss-timeout", type=float, default=3600, help="seconds; the samples are reported anyway")
     parser.add_argument("--scale-limit", type=int, default=64)
     parser.add_argument("--keep", type=Path, help="keep logs and data in this directory instead of a temporary one")
     args = parser.parse_args()
@@ -381,7 +392,7 @@ def main() -> None:
             with EmbeddedBroker(log_path=workdir / "broker-rss.log") as broker:
                 assert isinstance(broker, EmbeddedBroker) and broker.proc is not None
                 _children.add(broker.proc.pid)
-                part_rss(Bench(workdir, broker), args.rss_n, args.max_in_flight)
+                part_rss(Bench(workdir, broker), args.rss_n, args.max_in_flight, args.rss_timeout)
 
 
 if __name__ == "__main__":
