@@ -57,10 +57,11 @@ app = ClassifyApp(
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,
     producer_acks=-1,
-    # Every output waits for its acknowledgement; 20 ms of linger lets the records of many in-flight requests
-    # share one produce request (one syscall and one broker round trip), which model latencies of
-    # 0.2-3 s do not notice. Batches up to 256 KiB per partition (bench/README.md, Throughput).
-    producer_linger=0.02,
+    # Every output waits for its acknowledgement, and its in-flight slot is held until then, so linger
+    # adds straight to each slot's time: 20 ms cost 10% of limit / latency at 200 ms model latency
+    # (bench/README.md, Throughput); 5 ms still lets concurrent outputs share a produce request.
+    # Batches up to 256 KiB per partition.
+    producer_linger=0.005,
     producer_max_batch_size=256 * 1024,
     consumer_auto_offset_reset="earliest",
     stream_wait_empty=True,
