@@ -58,46 +58,14 @@ class LabelScores:
     topk_mass: float  # total probability the top-k tokens cover, in (0, 1]
 
 
-def _sum(values: list[float]) -> float:
-    """`float(np.asarray(values).sum())` bit for bit, for the short rows of the hot path.
-
-    numpy's pairwise sum is a plain loop below 8 elements and uses eight interleaved accumulators up to
-    128; both are reproduced here, so the pure-Python path gives exactly the numbers the numpy one gave
-    (checked on random inputs in tests/unit/test_probabilities.py). Longer inputs go to numpy.
-    """
-    n = len(values)
-    if n > 128:
-        return float(np.asarray(values, dtype=float).sum())
-    if n < 8:
-        res = 0.0
-        for v in values:
-            res += v
-        return res
-    r = values[:8]
-    i = 8
-    stop = n - n % 8
-    while i < stop:
-        r[0] += values[i]
-        r[1] += values[i + 1]
-        r[2] += values[i + 2]
-        r[3] += values[i + 3]
-        r[4] += values[i + 4]
-        r[5] += values[i + 5]
-        r[6] += values[i + 6]
-        r[7] += values[i + 7]
-        i += 8
-    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-    for v in values[i:]:
-        res += v
-    return res
-
-
 def label_scores(top_logprobs: Sequence[tuple[str, float]], matcher: LabelMatcher) -> LabelScores:
     """Aggregate `(token, logprob)` pairs of the first generated position into label probabilities.
 
     Plain Python over the (at most 20) pairs: a per-message loop of numpy calls on arrays this small
-    cost about 25 us, this costs about 4 (bench/stats_path.py), with the same results bit for bit
-    (tests/unit/test_probabilities.py compares with the numpy formulation).
+    cost about 25 us, this costs about 4 (bench/stats_path.py). Sums are `math.fsum` (correctly rounded,
+    so the same on every CPU); numpy's SIMD exp, log and pairwise sum differ from it in the last bits
+    from one CPU to another, so tests/unit/test_probabilities.py compares with the numpy formulation
+    to 1e-12.
     """
     k = len(matcher.labels)
     if not top_logprobs:
@@ -105,7 +73,7 @@ def label_scores(top_logprobs: Sequence[tuple[str, float]], matcher: LabelMatche
     sums = [0.0] * k
     probs: list[float] = []
     index, known = matcher.index, matcher._cache
-    exp = math.exp
+    exp, fsum = math.exp, math.fsum
     for tok, lp in top_logprobs:
         # Clip: servers sometimes return +1e-7 for a certain token. NaN (a broken server) counts as no mass.
         p = exp(lp) if lp < 0.0 else (1.0 if lp >= 0.0 else 0.0)
@@ -115,8 +83,8 @@ def label_scores(top_logprobs: Sequence[tuple[str, float]], matcher: LabelMatche
             i = index(tok)
         if i >= 0:
             sums[i] += p
-    topk_mass = _sum(probs)
-    label_total = _sum(sums)
+    topk_mass = fsum(probs)
+    label_total = fsum(sums)
     if label_total <= 0.0:
         return LabelScores(np.array(sums), 0.0, topk_mass)
     return LabelScores(np.array([v / label_total for v in sums]), label_total / topk_mass if topk_mass > 0 else 0.0,
@@ -131,5 +99,5 @@ def normalised_entropy(p: np.ndarray) -> float:
     if k > 128 or p.ndim != 1:
         nz = p[p > 0]
         return float(-(nz * np.log(nz)).sum() / math.log(k))
-    log = math.log  # per message: Python on the few labels is 4x faster than numpy, same bits (see _sum)
-    return float(-_sum([v * log(v) for v in p.tolist() if v > 0]) / log(k))
+    log = math.log  # per message: Python on the few labels is 4x faster than numpy
+    return float(-math.fsum([v * log(v) for v in p.tolist() if v > 0]) / log(k))

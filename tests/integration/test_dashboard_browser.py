@@ -89,7 +89,8 @@ def test_dashboard_plots_and_a_review_answered_in_the_browser(broker: EmbeddedBr
                     plots = seen[0] = _plots(page)
                     wanted = ("Throughput", "Review rate", "Confidence (calibrated)", "Drift: traffic vs baseline",
                               "Drift: canaries vs baseline", "Review queue")
-                    return plots if all(plots.get(k, 0) > 0 for k in wanted) else None
+                    # A line needs two points (samples come every 5 s; one point draws a dot, not a line).
+                    return plots if all(plots.get(k, 0) > 0 for k in wanted) and plots["Throughput"] >= 2 else None
 
                 try:
                     before = wait_for(dashboard_ready, 40, "every dashboard plot to have data")

@@ -186,9 +186,10 @@ def test_review_queue_survives_a_restart_and_the_cli_answers_oldest_first(broker
             # A terminal reviewer answers the two oldest (label by number, then by name), skips one, quits.
             cli = answer_cli(worker, "--reviewer", "terminal", stdin="1\nrotten\ns\nq\n")
             assert cli.returncode == 0, cli.stdout + cli.stderr
-        answered = run(collect(broker.bootstrap, [t["feedback"]], lambda g: len(g) >= 2, timeout_s=30))
-        human = run(collect(broker.bootstrap, [t["results"]],
-                            lambda g: sum(r.json()["decision"] == "human" for r in g) >= 2, timeout_s=30))
+            answered = run(collect(broker.bootstrap, [t["feedback"]], lambda g: len(g) >= 2, timeout_s=30))
+            # The worker that is running turns the answers into final results (a stopped one cannot).
+            human = run(collect(broker.bootstrap, [t["results"]],
+                                lambda g: sum(r.json()["decision"] == "human" for r in g) >= 2, timeout_s=30))
         # A fresh worker process rebuilds the queue from the topics: the four unanswered items, oldest first.
         with worker.process() as proc:
             wait_ready(proc)

@@ -248,7 +248,7 @@ def test_normalised_entropy_matches_scipy(seed: int) -> None:
 
 
 def _numpy_label_scores(top: list[tuple[str, float]], matcher: LabelMatcher) -> LabelScores:
-    """The earlier numpy formulation, kept as the reference the hot-path version must equal bit for bit."""
+    """The earlier numpy formulation, kept as the reference the hot-path version must agree with."""
     sums = np.zeros(len(matcher.labels))
     if not top:
         return LabelScores(sums, 0.0, 0.0)
@@ -263,9 +263,10 @@ def _numpy_label_scores(top: list[tuple[str, float]], matcher: LabelMatcher) -> 
 
 
 @pytest.mark.parametrize("n_labels", [2, 3, 9, 12])
-def test_label_scores_and_entropy_equal_the_numpy_formulation_bit_for_bit(n_labels: int) -> None:
+def test_label_scores_and_entropy_agree_with_the_numpy_formulation(n_labels: int) -> None:
     """The pure-Python hot path (bench/stats_path.py) changes speed, not numbers: 3000 random replies each,
-    1 to 20 tokens (numpy's 8-accumulator pairwise sum starts at 9), with NaN, +/-inf and positive logprobs."""
+    1 to 20 tokens, with NaN, +/-inf and positive logprobs. Agreement is to 1e-12, not bit for bit: numpy's
+    SIMD exp/log and pairwise sums round differently from libm and fsum, and differently on each CPU."""
     rng = np.random.default_rng(n_labels)
     labels = tuple(f"label{chr(97 + i)}x" for i in range(n_labels))
     matcher = LabelMatcher(labels)
@@ -277,9 +278,12 @@ def test_label_scores_and_entropy_equal_the_numpy_formulation_bit_for_bit(n_labe
                 specials[int(rng.integers(len(specials)))] if rng.random() < 0.05 else float(-rng.exponential(2.0)))
                for _ in range(n)]
         got, want = label_scores(top, matcher), _numpy_label_scores(top, matcher)
-        assert got.label_mass == want.label_mass and got.topk_mass == want.topk_mass, top
-        assert np.array_equal(got.probabilities, want.probabilities), top
+        assert got.label_mass == pytest.approx(want.label_mass, rel=1e-12, abs=1e-15), top
+        assert got.topk_mass == pytest.approx(want.topk_mass, rel=1e-12, abs=1e-15), top
+        np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-12, atol=1e-15, err_msg=str(top))
+        assert (got.probabilities == 0).tolist() == (want.probabilities == 0).tolist(), top  # same labels unseen
         p = rng.dirichlet(np.full(n_labels, 0.5))
         p[rng.random(n_labels) < 0.2] = 0.0
         nz = p[p > 0]
-        assert normalised_entropy(p) == float(-(nz * np.log(nz)).sum() / math.log(n_labels))
+        assert normalised_entropy(p) == pytest.approx(float(-(nz * np.log(nz)).sum() / math.log(n_labels)),
+                                                      rel=1e-12, abs=1e-15)
