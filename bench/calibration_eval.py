@@ -27,7 +27,9 @@ from bench.common import (  # noqa: E402
     HEADLINE_SEED, OUT, Scores, describe, heldout_split, load_scores, movie_task, split,
 )
 from streams.calibration.calibrators import Calibrator, TemperatureScaling, select_calibrator  # noqa: E402
-from streams.calibration.metrics import confidence_and_correct, ece, reliability_data, summary  # noqa: E402
+from streams.calibration.metrics import (  # noqa: E402
+    confidence_and_correct, ece, ece_floor, reliability_data, summary,
+)
 from streams.calibration.plots import reliability_diagram  # noqa: E402
 from streams.calibration.risk_control import accept, ltt_threshold  # noqa: E402
 
@@ -79,6 +81,7 @@ def print_table(columns: dict[str, dict[str, Any]]) -> None:
     rows = [
         (f"ECE ({N_BINS} equal-width) [95% CI]", lambda m: interval(m, "ece")),
         (f"ECE ({N_BINS} equal-mass) [95% CI]", lambda m: interval(m, "ece_mass")),
+        ("ECE if perfectly calibrated [95%]", lambda m: f"{m['ece_floor'][0]:.4f} [< {m['ece_floor'][1]:.4f}]"),
         ("MCE (equal-width)", lambda m: f"{m['mce']:.4f}"),
         ("Brier", lambda m: f"{m['brier']:.4f}"),
         ("NLL", lambda m: f"{m['nll']:.4f}"),
@@ -120,19 +123,25 @@ def heldout_calibration(scores: Scores, methods: tuple[str, ...]) -> Heldout:
 
 def stability(scores: Scores, methods: tuple[str, ...]) -> None:
     """(c): the held-out evaluation over other seeds: one split must not be the whole story."""
-    raw_ece, cal_ece, chosen = [], [], []
+    raw_ece, cal_ece, floor, chosen = [], [], [], []
     for seed in STABILITY_SEEDS:
         fit, test = heldout_split(scores.y, seed)
         cal, _ = select_calibrator(scores.probs[fit], scores.y[fit], methods=methods, seed=seed)
         y_test = scores.y[test]
         raw_ece.append(ece(*confidence_and_correct(scores.probs[test], y_test), N_BINS))
-        cal_ece.append(ece(*confidence_and_correct(cal.transform(scores.probs[test]), y_test), N_BINS))
+        conf, correct = confidence_and_correct(cal.transform(scores.probs[test]), y_test)
+        cal_ece.append(ece(conf, correct, N_BINS))
+        floor.append(ece_floor(conf, N_BINS, seed=seed))
         chosen.append(cal.method)
-    for name, values in (("raw", raw_ece), ("calibrated (chosen method)", cal_ece)):
+    for name, values in (("raw", raw_ece), ("calibrated (chosen method)", cal_ece),
+                         ("if perfectly calibrated", [f[0] for f in floor])):
         v = np.asarray(values)
         print(f"test ECE {name:27} mean {v.mean():.4f}  range [{v.min():.4f}, {v.max():.4f}]  sd {v.std(ddof=1):.4f}")
     below = int(np.sum(np.asarray(cal_ece) <= ECE_TARGET))
     print(f"seeds with calibrated test ECE <= {ECE_TARGET}: {below}/{len(cal_ece)}")
+    noise = sum(c <= f[1] for c, f in zip(cal_ece, floor))
+    print(f"seeds whose calibrated ECE is within binning noise of perfect calibration (<= 95th pct): "
+          f"{noise}/{len(cal_ece)}")
     counts = {m: chosen.count(m) for m in dict.fromkeys(chosen)}
     print("method chosen: " + ", ".join(f"{m} {c}x" for m, c in counts.items()))
 
@@ -199,7 +208,9 @@ def acceptance(held: Heldout, risk: dict[tuple[float, float], list[RiskRun]]) ->
     print(f"held-out ECE after calibration ({held.method}): {m['ece']:.4f} [95% CI {lo:.4f}, {hi:.4f}] "
           f"vs target {ECE_TARGET}: {verdict} (point estimate); upper bound "
           f"{'within' if hi <= ECE_TARGET else 'above'} target")
-    print(f"  (raw: {held.raw['ece']:.4f} [{held.raw['ece_interval'][0]:.4f}, {held.raw['ece_interval'][1]:.4f}])")
+    print(f"  (raw: {held.raw['ece']:.4f} [{held.raw['ece_interval'][0]:.4f}, {held.raw['ece_interval'][1]:.4f}]; "
+          f"a perfectly calibrated model would score {m['ece_floor'][0]:.4f}, under {m['ece_floor'][1]:.4f} "
+          f"95% of the time, on these {m['n']} items)")
     for (alpha, delta), runs in risk.items():
         feasible = sum(r.feasible for r in runs)
         met = sum(1 for r in runs if (r.realised_error or 0.0) <= alpha) / len(runs)

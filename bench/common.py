@@ -26,8 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "config" / "tasks.toml"
 TASK_NAME = "movie_sentiment"
 OUT = REPO / "bench" / "out"
-RT_N, RT_SEED = 3000, 101
-"""Which cached scores: the first 3000 snippets of the seed-101 shuffle (bench/rt_scores.py)."""
+RT_N, RT_SEED = 6000, 101
+"""Which cached scores: the first 6000 snippets of the seed-101 shuffle (bench/rt_scores.py).
+
+6000 rather than 3000 because the binned ECE of a perfectly calibrated model is about 0.024 on a
+1500-item test half and 0.017 on 3000 (`metrics.ece_floor`): at 1500 a 0.03 target is judged
+mostly on binning noise."""
 
 HEADLINE_SEED = 0
 """Seed of the one split whose full table is printed; the stability runs use other seeds."""

@@ -225,20 +225,26 @@ def _fit_inverse_temperature(logp: np.ndarray, y: np.ndarray, lo: float, hi: flo
     q = softmax(beta * log p). Newton converges in a handful of softmax passes (a bounded scalar
     search needs ~30); a step leaving the bracket falls back to bisection, so the bounds hold.
     """
-    target = logp[np.arange(len(y)), y]
-    logp_sq = logp * logp
+    # Shifting each row by its maximum changes neither softmax nor the derivatives, and keeps
+    # exp(beta * z) in (0, 1]: no max-subtraction per pass. Rows as columns: K contiguous passes.
+    z = (logp - logp.max(axis=1, keepdims=True)).T.copy()
+    target = float(np.mean(z[y, np.arange(len(y))]))
+    z_sq = z * z
     beta = min(max(1.0, lo), hi)
     for _ in range(100):
-        q = softmax(beta * logp, axis=1)
-        mean = (q * logp).sum(axis=1)
-        grad = float(np.mean(mean - target))
-        curv = float(np.mean((q * logp_sq).sum(axis=1) - mean * mean))
+        e = np.exp(beta * z)
+        total = e.sum(axis=0)
+        mean = (e * z).sum(axis=0) / total
+        grad = float(mean.mean()) - target
+        if grad == 0.0:
+            return beta
+        curv = float(((e * z_sq).sum(axis=0) / total - mean * mean).mean())
         if grad > 0:
             hi = beta
         else:
             lo = beta
         step = beta - grad / curv if curv > 1e-15 else math.nan
-        new = step if lo < step < hi else 0.5 * (lo + hi)
+        new = step if lo <= step <= hi else 0.5 * (lo + hi)
         if abs(new - beta) <= 1e-10 * max(1.0, beta) or hi - lo <= 1e-12 * max(1.0, hi):
             return new
         beta = new

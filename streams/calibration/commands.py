@@ -87,6 +87,10 @@ def report(outcome: FitOutcome, task: Task) -> str:
     for key, name in (("ece", "ECE (15 equal bins)"), ("ece_mass", "ECE (equal mass)"), ("mce", "MCE"),
                       ("brier", "Brier"), ("nll", "NLL"), ("accuracy", "accuracy")):
         lines.append(f"{name:<22}{cell(b, key):>24}{cell(a, key):>24}")
+    if a.get("ece_floor"):
+        mean, q95 = a["ece_floor"]
+        lines.append(f"(a perfectly calibrated model with the calibrated confidences would score ECE {mean:.4f} "
+                     f"on these {a['n']} items, under {q95:.4f} 95% of the time: binning noise, not miscalibration)")
     if outcome.risk_control is not None:
         rc = outcome.risk_control
         if rc["feasible"]:

@@ -15,6 +15,7 @@ from streams.calibration.metrics import (
     brier,
     confidence_and_correct,
     ece,
+    ece_floor,
     mce,
     nll,
     reliability_data,
@@ -108,6 +109,28 @@ def test_ece_of_overconfident_data_is_large(strategy: str) -> None:
     assert ece(conf, correct, strategy=strategy) > 0.05  # type: ignore[arg-type]
 
 
+def test_ece_floor_is_what_a_calibrated_model_scores_and_shrinks_with_n() -> None:
+    """Perfectly calibrated data lands under the floor's 95th percentile about 95% of the time, an
+    overconfident model far above it; the floor itself falls like 1 / sqrt(n)."""
+    rng = np.random.default_rng(11)
+    under = 0
+    for _ in range(100):
+        conf = rng.uniform(0.5, 0.95, 1500)
+        correct = (rng.random(1500) < conf).astype(float)
+        mean, q95 = ece_floor(conf, n_sim=100, seed=int(rng.integers(1 << 30)))
+        assert 0.0 < mean < q95
+        under += ece(conf, correct) <= q95
+    assert 88 <= under <= 100
+    conf, correct = confidence_and_correct(*_overconfident(1500, seed=12))
+    assert ece(conf, correct) > 2 * ece_floor(conf)[1]
+    small = ece_floor(rng.uniform(0.5, 0.95, 1000))[0]
+    large = ece_floor(rng.uniform(0.5, 0.95, 16000))[0]
+    assert 3.0 < small / large < 5.0  # sqrt(16) = 4
+    assert ece_floor(conf, seed=3) == ece_floor(conf, seed=3)  # seeded
+    with pytest.raises(ValueError):
+        ece_floor(np.array([]))
+
+
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n() -> None:
     widths = []
     for n in (200, 5000):
@@ -130,7 +153,9 @@ def test_bootstrap_resamples_two_dimensional_arrays_jointly() -> None:
 def test_summary_has_every_metric_and_serialises() -> None:
     probs, labels = _overconfident(2000, seed=5)
     s = summary(probs, labels, n_boot=200)
-    assert set(s) == {"n", "accuracy", "ece", "ece_interval", "ece_mass", "ece_mass_interval", "mce", "brier", "nll"}
+    assert set(s) == {"n", "accuracy", "ece", "ece_interval", "ece_floor", "ece_mass", "ece_mass_interval", "mce",
+                      "brier", "nll"}
+    assert s["ece_floor"][0] <= s["ece_floor"][1] < 0.05 < s["ece"]  # overconfident: far above the noise floor
     assert s["n"] == 2000
     assert s["ece_interval"][0] <= s["ece"] <= s["ece_interval"][1]
     assert s["ece_mass_interval"][0] <= s["ece_mass"] <= s["ece_mass_interval"][1]
