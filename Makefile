@@ -34,7 +34,7 @@ clean:
 # Calibration benchmarks (bench/README.md). Their own venv: netcal needs torch, which the service never
 # does. torch is installed FIRST and pinned to the 2.13.0 CPU wheel; any other version would make pip
 # fetch gigabytes of CUDA wheels. [local] is there to score the Rotten Tomatoes snippets with the local
-# model when bench/rt_scores.py has no cached scores yet (a quarter of an hour on 2 cores, once).
+# model when bench/rt_scores.py has no cached scores yet (about 25 minutes on 2 cores, once).
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 TORCH ?= torch==2.13.0

@@ -6,7 +6,7 @@ splits, so loading, filtering and splitting live here once. Items the service wo
 routed to review before any calibrator sees them) are counted and left out.
 
 `synthetic_records` produces records in the cache file's format from a known temperature, so both
-scripts can be run (`--synthetic`) without the quarter of an hour of model scoring.
+scripts can be run (`--synthetic`) without the 25 minutes of model scoring.
 """
 
 from __future__ import annotations

@@ -343,7 +343,7 @@ def design(task: Task) -> int:
     target; only the temperature is chosen here, the rule's parameters stay the defaults."""
     from bench.rt_scores import rt_scores
 
-    recs = rt_scores(3000, 101)[2000:2600]
+    recs = rt_scores(6000, 101)[2000:2600]  # the calibration benchmark's cache (bench/common.py RT_N)
     p = np.array([r["raw_probabilities"][task.labels[0]] for r in recs if "raw_probabilities" in r])
     pol = task.confidence.self_consistency
     rule = sc.StoppingRule("posterior", pol.error_rate, pol.prior, pol.min_samples, BUDGET)

@@ -1,6 +1,6 @@
 """Raw label probabilities of the local model on Rotten Tomatoes snippets, cached for the evaluations.
 
-Scoring thousands of items with Gemma 3 270M on 2 cores takes a quarter of an hour, so it is done
+Scoring thousands of items with Gemma 3 270M on 2 cores takes about 25 minutes, so it is done
 once per (task file, model, count, seed) and kept in the cache directory; every evaluation then
 reads the same scores. The scoring is the worker's own path (`streams.calibration.scoring.score`).
 """
@@ -36,7 +36,7 @@ def cache_path(n: int, seed: int) -> Path:
     return cache_dir() / f"rt-scores-{n}-{seed}-{key}.jsonl"
 
 
-def rt_scores(n: int = 3000, seed: int = 101, concurrency: int = 8) -> list[dict[str, Any]]:
+def rt_scores(n: int = 6000, seed: int = 101, concurrency: int = 8) -> list[dict[str, Any]]:
     """Scores for the first n shuffled snippets (offset past the demo's traffic), cached."""
     path = cache_path(n, seed)
     if path.exists():
@@ -58,7 +58,7 @@ def rt_scores(n: int = 3000, seed: int = 101, concurrency: int = 8) -> list[dict
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=101)
     args = parser.parse_args()
     out = rt_scores(args.n, args.seed)
