@@ -67,14 +67,12 @@ class _Frame:
             y = self.y(t)
             out.append(f'<line x1="{L - 3}" y1="{y:.1f}" x2="{W - R}" y2="{y:.1f}" stroke="#eee"/>'
                        f'<text x="{L - 5}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{_fmt(t)}</text>')
-        if x_time:
-            for t in _ticks(self.x0, self.x1):
-                out.append(f'<text x="{self.x(t):.1f}" y="{H - B + 13}" text-anchor="middle" font-size="10">'
-                           f'{time.strftime("%H:%M:%S", time.localtime(t))}</text>')
-        else:
-            for t in _ticks(self.x0, self.x1):
-                out.append(f'<text x="{self.x(t):.1f}" y="{H - B + 13}" text-anchor="middle" font-size="10">'
-                           f'{_fmt(t)}</text>')
+        for t in _ticks(self.x0, self.x1):
+            x = self.x(t)
+            # A label centred on a tick near the right edge would be cut off by the SVG's border.
+            anchor = "end" if x > W - R - 24 else "middle"
+            label = time.strftime("%H:%M:%S", time.localtime(t)) if x_time else _fmt(t)
+            out.append(f'<text x="{x:.1f}" y="{H - B + 13}" text-anchor="{anchor}" font-size="10">{label}</text>')
         out.append(f'<text x="{(L + W - R) / 2}" y="{H - 4}" text-anchor="middle" font-size="11">{escape(x_label)}</text>')
         out.append(f'<text x="12" y="{(T + H - B) / 2}" text-anchor="middle" font-size="11" '
                    f'transform="rotate(-90 12 {(T + H - B) / 2})">{escape(y_label)}</text>')

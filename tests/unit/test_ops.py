@@ -320,6 +320,16 @@ def test_plots_are_well_formed_svg_and_say_how_many_points_they_drew() -> None:
     assert "no data yet" in charts[3]
 
 
+def test_x_tick_labels_stay_inside_the_plot() -> None:
+    """A tick at the right edge is right-aligned (a centred label there was cut off on the dashboard)."""
+    svg = plots.line_chart("t", {"a": [(0.0, 1.0), (10.0, 2.0)]}, "y")
+    ticks = [t for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")
+             if t.get("y") == str(plots.H - plots.B + 13)]
+    assert ticks and ticks[-1].text == time.strftime("%H:%M:%S", time.localtime(10.0))
+    assert float(ticks[-1].get("x")) == plots.W - plots.R
+    assert ticks[-1].get("text-anchor") == "end" and ticks[0].get("text-anchor") == "middle"
+
+
 def test_dashboard_shows_every_plot_per_task() -> None:
     q = ReviewQueue(LABELS)
     q.add_item(item("a"), 0)
