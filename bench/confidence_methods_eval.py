@@ -36,7 +36,7 @@ import orjson
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, movie_task, split  # noqa: E402
+from bench.common import OUT, RT_N, RT_SEED, movie_task, split  # noqa: E402
 from streams.calibration.calibrators import select_calibrator  # noqa: E402
 from streams.calibration.metrics import confidence_and_correct, ece  # noqa: E402
 from streams.confidence import self_consistency as sc  # noqa: E402
@@ -343,7 +343,7 @@ def design(task: Task) -> int:
     target; only the temperature is chosen here, the rule's parameters stay the defaults."""
     from bench.rt_scores import rt_scores
 
-    recs = rt_scores(6000, 101)[2000:2600]  # the calibration benchmark's cache (bench/common.py RT_N)
+    recs = rt_scores(RT_N, RT_SEED)[2000:2600]  # the calibration benchmark's cached scores
     p = np.array([r["raw_probabilities"][task.labels[0]] for r in recs if "raw_probabilities" in r])
     pol = task.confidence.self_consistency
     rule = sc.StoppingRule("posterior", pol.error_rate, pol.prior, pol.min_samples, BUDGET)

@@ -17,11 +17,15 @@ from typing import Any
 
 import orjson
 
-from streams.calibration.scoring import score
-from streams.classify.model_client import ModelClient
-from streams.localdev.model_server import LocalModelServer, cache_dir
-from streams.localdev.sample_data import load_reviews
-from streams.tasks import load_tasks
+if __package__ in (None, ""):  # run as `python bench/rt_scores.py`: import bench from the repo
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RT_N, RT_SEED  # noqa: E402
+from streams.calibration.scoring import score  # noqa: E402
+from streams.classify.model_client import ModelClient  # noqa: E402
+from streams.localdev.model_server import LocalModelServer, cache_dir  # noqa: E402
+from streams.localdev.sample_data import load_reviews  # noqa: E402
+from streams.tasks import load_tasks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "config" / "tasks.toml"
@@ -36,7 +40,7 @@ def cache_path(n: int, seed: int) -> Path:
     return cache_dir() / f"rt-scores-{n}-{seed}-{key}.jsonl"
 
 
-def rt_scores(n: int = 6000, seed: int = 101, concurrency: int = 8) -> list[dict[str, Any]]:
+def rt_scores(n: int = RT_N, seed: int = RT_SEED, concurrency: int = 8) -> list[dict[str, Any]]:
     """Scores for the first n shuffled snippets (offset past the demo's traffic), cached."""
     path = cache_path(n, seed)
     if path.exists():
@@ -58,8 +62,8 @@ def rt_scores(n: int = 6000, seed: int = 101, concurrency: int = 8) -> list[dict
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=6000)
-    parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument("--n", type=int, default=RT_N)
+    parser.add_argument("--seed", type=int, default=RT_SEED)
     args = parser.parse_args()
     out = rt_scores(args.n, args.seed)
     print(f"{len(out)} scored; cache: {cache_path(args.n, args.seed)}")

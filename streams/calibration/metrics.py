@@ -106,8 +106,8 @@ def mce(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: Strat
     return float(np.max(np.abs(correct_sum[full] - conf_sum[full]) / count[full]))
 
 
-def ece_floor(conf: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform", edges: np.ndarray | None = None,
-              n_sim: int = 200, q: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def ece_floor(conf: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform", n_sim: int = 200, q: float = 0.95,
+              seed: int = 0) -> tuple[float, float]:
     """Mean and q-quantile of the ECE that a perfectly calibrated model with these confidences shows.
 
     The binned ECE is biased upward by sampling noise, roughly sqrt(bins / n): on 1500 items a perfect
@@ -118,8 +118,7 @@ def ece_floor(conf: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform"
     c = np.asarray(conf, dtype=np.float64)
     if c.ndim != 1 or c.size == 0:
         raise ValueError(f"conf must be a non-empty 1-D array, got shape {c.shape}")
-    if edges is None:
-        edges = bin_edges(c, n_bins, strategy)
+    edges = bin_edges(c, n_bins, strategy)
     rng = np.random.default_rng(seed)
     sims = np.array([ece(c, (rng.random(c.size) < c).astype(np.float64), edges=edges) for _ in range(n_sim)])
     return float(sims.mean()), float(np.quantile(sims, q))
