@@ -12,8 +12,13 @@ processes, as the integration tests do (`tests/integration/harness.py`):
 - `pipeline`: the full worker (parse, model call at zero latency, probabilities, calibration, routing,
   drift accumulation and windowed drift tables, produce) over `--n` requests (100k), as msg/s and as a
   ratio to the ceiling measured just before it in the same run (`--repeat` pairs);
+- floors, printed with the pair (`--no-floors` skips them): what bounds the pipeline from above. The
+  *Faust floor* is the worker's Kafka path through Faust with no model call (`bench/faust_passthrough.py`);
+  the *openai floor* is the worker's model call alone, no Kafka, as many at once as the in-flight limit
+  (`bench/client_floor.py`), and *ModelClient* the same call through our wrapper. A worker makes one
+  model call per request, so it cannot beat either;
 - `latency`: the synthetic model answers after 200 ms; throughput at in-flight limits 32, 128, 512
-  against the ideal limit / latency;
+  against the ideal limit / latency, each after the openai client's own rate alone at that limit;
 - `stats`: CPU time per message of the pure statistics path (`bench/stats_path.py`);
 - `rss`: the worker's RSS sampled every second over `--rss-n` messages (1M), peak and after warm-up;
 - `scale`: one worker, then two, on 8 partitions with a latency-bound model.
@@ -216,21 +221,50 @@ class Bench:
         return proc
 
     def ceiling(self, n: int) -> Run:
+        """`bench/passthrough.py`: raw aiokafka consume -> produce."""
+        return self._copy(n, "passthrough", lambda src, dst, group, tag: (
+            [sys.executable, str(REPO / "bench" / "passthrough.py"), "--bootstrap", self.bootstrap, "--source", src,
+             "--dest", dst, "--group", group], None))
+
+    def faust_floor(self, n: int) -> Run:
+        """`bench/faust_passthrough.py`: the worker's Kafka path through Faust, no model call."""
+        return self._copy(n, "faust-passthrough", lambda src, dst, group, tag: (
+            [sys.executable, str(REPO / "bench" / "faust_passthrough.py"), "worker", "--without-web", "-l", "warn"],
+            os.environ | {"BENCH_BOOTSTRAP": self.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst,
+                          "BENCH_GROUP": group, "BENCH_DATADIR": str(self.workdir / f"faust-{tag}")}))
+
+    def _copy(self, n: int, name: str,
+              command: Callable[[str, str, str, str], tuple[list[str], dict[str, str] | None]]) -> Run:
+        """n requests copied from one topic to another by a process that commits as group `name-tag`."""
         tag = uuid.uuid4().hex[:8]
-        src, dst, group = f"pt{tag}.in", f"pt{tag}.out", f"pt{tag}"
+        src, dst, group = f"{name}-{tag}.in", f"{name}-{tag}.out", f"{name}-{tag}"
         asyncio.run(create_topics(self.bootstrap, [src, dst]))
         asyncio.run(produce(self.bootstrap, src, requests(n, "p")))
-        proc = self.child(ChildProcess("passthrough", [sys.executable, str(REPO / "bench" / "passthrough.py"),
-                                                       "--bootstrap", self.bootstrap, "--source", src, "--dest", dst,
-                                                       "--group", group], self.workdir / f"passthrough-{tag}.log"))
+        argv, env = command(src, dst, group, tag)
+        proc = self.child(ChildProcess(name, argv, self.workdir / f"{name}-{tag}.log", env=env))
         try:
-            wait_committed(self.bootstrap, group, src, n, timeout_s=600, alive=proc.alive)
+            wait_committed(self.bootstrap, group, src, n, timeout_s=900, alive=proc.alive)
             assert proc.proc is not None
             cpu = cpu_seconds(proc.proc.pid)
         finally:
             proc.stop()
         stamps = asyncio.run(output_timestamps(self.bootstrap, [dst], n))
         return Run(rate(stamps), n, cpu)
+
+    def client_floor(self, n: int, concurrency: int, latency_ms: float = 0.0, via: str = "openai") -> Run:
+        """`bench/client_floor.py`: the worker's model call alone, against the same synthetic model."""
+        flags = ["--latency-ms", str(latency_ms)] if latency_ms else []
+        with SyntheticModel(self.workdir, *flags) as model:
+            assert model.proc is not None
+            _children.add(model.proc.pid)
+            tasks = write_tasks(self.workdir / f"tasks-{uuid.uuid4().hex[:6]}.toml", model.base_url, model="synthetic")
+            model_cpu0 = cpu_seconds(model.proc.pid)
+            out = subprocess.run([sys.executable, str(REPO / "bench" / "client_floor.py"), "--tasks", str(tasks),
+                                  "--n", str(n), "--concurrency", str(concurrency), "--via", via],
+                                 capture_output=True, text=True, timeout=1800, check=True).stdout
+            model_cpu = cpu_seconds(model.proc.pid) - model_cpu0
+        doc = orjson.loads(out.strip().splitlines()[-1])
+        return Run(float(doc["rate"]), n, float(doc["cpu_us_per_call"]) * n / 1e6, model_cpu)
 
     def worker(self, model_url: str, max_in_flight: int, extra: dict[str, str] | None = None) -> Worker:
         tasks = write_tasks(self.workdir / f"tasks-{uuid.uuid4().hex[:6]}.toml", model_url, model="synthetic")
@@ -273,29 +307,51 @@ class Bench:
 # ------------------------------------------------------------------------------------------ reports
 
 
-def part_ceiling_pipeline(bench: Bench, n: int, repeat: int, max_in_flight: int) -> None:
+def part_ceiling_pipeline(bench: Bench, n: int, repeat: int, max_in_flight: int, floors: bool) -> None:
     print(f"\n== full pipeline at zero model latency vs raw aiokafka pass-through: {n} requests, "
           f"{PARTITIONS} partitions, in-flight limit {max_in_flight} ==")
     ratios = []
     for i in range(repeat):
         before = load()
         c = bench.ceiling(n)
-        print(f"  [{i + 1}] ceiling   {c.rate:8.0f} msg/s  (pass-through CPU {c.cpu_us_per_msg:5.0f} us/msg; {before})")
+        print(f"  [{i + 1}] ceiling      {c.rate:8.0f} msg/s  (pass-through CPU {c.cpu_us_per_msg:5.0f} us/msg; {before})")
+        if floors:
+            floor_lines(bench, c.rate, n, max_in_flight, i + 1)
         before = load()
         p = bench.pipeline(n, max_in_flight)
         ratios.append(p.rate / c.rate)
-        print(f"  [{i + 1}] pipeline  {p.rate:8.0f} msg/s  = {p.rate / c.rate:.0%} of the ceiling  (worker CPU "
+        print(f"  [{i + 1}] pipeline     {p.rate:8.0f} msg/s  = {p.rate / c.rate:.1%} of the ceiling  (worker CPU "
               f"{p.cpu_us_per_msg:5.0f} us/msg, synthetic model CPU {p.model_cpu_s / n * 1e6:4.0f} us/msg; {before})")
     if repeat > 1:
-        print(f"  ratio pipeline / ceiling: median {statistics.median(ratios):.0%}, "
-              f"range {min(ratios):.0%}..{max(ratios):.0%} over {repeat} pairs")
+        print(f"  ratio pipeline / ceiling: median {statistics.median(ratios):.1%}, "
+              f"range {min(ratios):.1%}..{max(ratios):.1%} over {repeat} pairs")
 
 
-def part_latency(bench: Bench, latency_ms: float, limits: list[int], seconds: float) -> None:
+def floor_lines(bench: Bench, ceiling: float, n: int, max_in_flight: int, i: int) -> None:
+    """What bounds the pipeline from above: the worker's Kafka path through Faust, and its model call."""
+    before = load()
+    f = bench.faust_floor(n)
+    print(f"  [{i}] Faust floor  {f.rate:8.0f} msg/s  = {f.rate / ceiling:.1%} of the ceiling  (the worker's Kafka "
+          f"path, no model call; CPU {f.cpu_us_per_msg:5.0f} us/msg; {before})")
+    calls = min(n, 20_000)
+    for via, name in (("openai", "openai floor"), ("model_client", "ModelClient ")):
+        before = load()
+        r = bench.client_floor(calls, max_in_flight, via=via)
+        print(f"  [{i}] {name} {r.rate:8.0f} calls/s = {r.rate / ceiling:.1%} of the ceiling  ({calls} of the "
+              f"worker's model calls alone, {max_in_flight} at once, no Kafka; CPU {r.cpu_us_per_msg:5.0f} us/call; "
+              f"{before})")
+
+
+def part_latency(bench: Bench, latency_ms: float, limits: list[int], seconds: float, floors: bool) -> None:
     print(f"\n== {latency_ms:.0f} ms model latency, one worker: throughput vs ideal limit / latency ==")
     for limit in limits:
         ideal = limit / (latency_ms / 1000)
         n = int(ideal * seconds)
+        if floors:
+            before = load()
+            r = bench.client_floor(n, limit, latency_ms=latency_ms)
+            print(f"  limit {limit:4d}, openai client alone: {r.rate:7.0f} calls/s, ideal {ideal:6.0f} -> "
+                  f"{r.rate / ideal:.0%} (CPU {r.cpu_us_per_msg:.0f} us/call; {before})")
         before = load()
         r = bench.pipeline(n, limit, latency_ms=latency_ms)
         print(f"  limit {limit:4d}: {r.rate:7.0f} msg/s, ideal {ideal:6.0f} -> {r.rate / ideal:.0%} "
@@ -363,6 +419,8 @@ def main() -> None:
     parser.add_argument("--rss-n", type=int, default=1_000_000)
     parser.add_argument("--rss-timeout", type=float, default=3600, help="seconds; the samples are reported anyway")
     parser.add_argument("--scale-limit", type=int, default=64)
+    parser.add_argument("--no-floors", action="store_true",
+                        help="skip the floors (Faust path without a model call; the model call without Kafka)")
     parser.add_argument("--keep", type=Path, help="keep logs and data in this directory instead of a temporary one")
     args = parser.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
@@ -383,9 +441,10 @@ def main() -> None:
             _children.add(broker.proc.pid)
             bench = Bench(workdir, broker)
             if "ceiling" in parts:
-                part_ceiling_pipeline(bench, args.n, args.repeat, args.max_in_flight)
+                part_ceiling_pipeline(bench, args.n, args.repeat, args.max_in_flight, not args.no_floors)
             if "latency" in parts:
-                part_latency(bench, args.latency_ms, [int(x) for x in args.limits.split(",")], args.seconds)
+                part_latency(bench, args.latency_ms, [int(x) for x in args.limits.split(",")], args.seconds,
+                             not args.no_floors)
             if "scale" in parts:
                 part_scale(bench, args.latency_ms, args.scale_limit, args.seconds)
         if "rss" in parts:  # a fresh broker: 1M requests and their outputs fill its memory

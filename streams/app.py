@@ -10,6 +10,7 @@ import logging
 
 import faust
 
+from streams.faust_tuning import FAUST_TUNING
 from streams.kafka_security import faust_broker_options
 from streams.settings import Settings
 from streams.tasks import load_tasks
@@ -56,17 +57,7 @@ app = ClassifyApp(
     broker_request_timeout=max(settings.session_timeout_s + 10, 40),
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,
-    producer_acks=-1,
-    # Every output waits for its acknowledgement, and its in-flight slot is held until then, so linger
-    # adds straight to each slot's time: 20 ms cost 10% of limit / latency at 200 ms model latency
-    # (bench/README.md, Throughput); 5 ms still lets concurrent outputs share a produce request.
-    # Batches up to 256 KiB per partition.
-    producer_linger=0.005,
-    producer_max_batch_size=256 * 1024,
-    consumer_auto_offset_reset="earliest",
-    stream_wait_empty=True,
-    broker_commit_every=1000,
-    broker_commit_interval=1.0,
+    **FAUST_TUNING,
     **faust_broker_options(settings),
 )
 
