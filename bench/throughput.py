@@ -226,12 +226,25 @@ class Bench:
             [sys.executable, str(REPO / "bench" / "passthrough.py"), "--bootstrap", self.bootstrap, "--source", src,
              "--dest", dst, "--group", group], None))
 
-    def faust_floor(self, n: int) -> Run:
-        """`bench/faust_passthrough.py`: the worker's Kafka path through Faust, no model call."""
-        return self._copy(n, "faust-passthrough", lambda src, dst, group, tag: (
-            [sys.executable, str(REPO / "bench" / "faust_passthrough.py"), "worker", "--without-web", "-l", "warn"],
-            os.environ | {"BENCH_BOOTSTRAP": self.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst,
-                          "BENCH_GROUP": group, "BENCH_DATADIR": str(self.workdir / f"faust-{tag}")}))
+    def faust_floor(self, n: int, max_in_flight: int | None = None) -> Run:
+        """`bench/faust_passthrough.py`: the worker's Kafka path through Faust, without a model call, or
+        (with `max_in_flight`) with the worker's model call to the synthetic model and nothing else."""
+        def command(src: str, dst: str, group: str, tag: str) -> tuple[list[str], dict[str, str]]:
+            env = os.environ | {"BENCH_BOOTSTRAP": self.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst,
+                                "BENCH_GROUP": group, "BENCH_DATADIR": str(self.workdir / f"faust-{tag}")}
+            if model is not None:
+                tasks = write_tasks(self.workdir / f"tasks-{tag}.toml", model.base_url, model="synthetic")
+                env |= {"BENCH_TASKS": str(tasks), "BENCH_MAX_IN_FLIGHT": str(max_in_flight)}
+            return [sys.executable, str(REPO / "bench" / "faust_passthrough.py"), "worker", "--without-web",
+                    "-l", "warn"], env
+
+        if max_in_flight is None:
+            model = None
+            return self._copy(n, "faust-passthrough", command)
+        with SyntheticModel(self.workdir) as model:
+            assert model.proc is not None
+            _children.add(model.proc.pid)
+            return self._copy(n, "faust-call", command)
 
     def _copy(self, n: int, name: str,
               command: Callable[[str, str, str, str], tuple[list[str], dict[str, str] | None]]) -> Run:
@@ -340,6 +353,11 @@ def floor_lines(bench: Bench, ceiling: float, n: int, max_in_flight: int, i: int
         print(f"  [{i}] {name} {r.rate:8.0f} calls/s = {r.rate / ceiling:.1%} of the ceiling  ({calls} of the "
               f"worker's model calls alone, {max_in_flight} at once, no Kafka; CPU {r.cpu_us_per_msg:5.0f} us/call; "
               f"{before})")
+    before = load()
+    r = bench.faust_floor(calls, max_in_flight)
+    print(f"  [{i}] Faust + call {r.rate:8.0f} msg/s  = {r.rate / ceiling:.1%} of the ceiling  ({calls} requests: the "
+          f"Faust floor plus the ModelClient call, {max_in_flight} at once, nothing else; CPU "
+          f"{r.cpu_us_per_msg:5.0f} us/msg; {before})")
 
 
 def part_latency(bench: Bench, latency_ms: float, limits: list[int], seconds: float, floors: bool) -> None:

@@ -1,7 +1,8 @@
 """The throughput benchmark's floors do what their figures claim (bench/README.md, Throughput).
 
-Not timings: that the Faust floor forwards every record and commits behind it, and that the client floor
-makes exactly the calls it counts, at the concurrency it names, against the real synthetic model.
+Not timings: that the Faust floor forwards every record and commits behind it (with the model call, one
+call per record, at the concurrency it names), and that the client floor makes exactly the calls it
+counts, at the concurrency it names, against the real synthetic model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.localdev.broker import EmbeddedBroker
 from streams.localdev.processes import ChildProcess
-from tests.integration.harness import REPO, SyntheticModel, collect, produce, run, write_tasks
+from tests.integration.harness import REPO, Received, SyntheticModel, collect, produce, run, write_tasks
 
 PARTITIONS = 4
 
@@ -43,24 +44,41 @@ async def _committed(bootstrap: str, group: str, topic: str) -> int:
         await consumer.stop()
 
 
-def test_the_faust_floor_forwards_every_record_and_commits_behind_it(broker: EmbeddedBroker, workdir: Path) -> None:
+def _faust_floor(broker: EmbeddedBroker, workdir: Path, extra_env: dict[str, str]) -> tuple[list[tuple[bytes, bytes]], list[Received], int]:
+    """Run bench/faust_passthrough.py over 400 records: (sent, received, offsets committed)."""
     tag = uuid.uuid4().hex[:8]
     src, dst, group = f"floor{tag}.in", f"floor{tag}.out", f"floor{tag}"
     run(_create(broker.bootstrap, [src, dst]))
     sent = [(f"k{i}".encode(), orjson.dumps({"i": i})) for i in range(400)]
     run(produce(broker.bootstrap, src, sent))
     env = {"BENCH_BOOTSTRAP": broker.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst, "BENCH_GROUP": group,
-           "BENCH_DATADIR": str(workdir / "faust")}
+           "BENCH_DATADIR": str(workdir / f"faust-{tag}"), **extra_env}
     proc = ChildProcess("faust floor", [sys.executable, str(REPO / "bench" / "faust_passthrough.py"), "worker",
-                                        "--without-web", "-l", "warn"], workdir / "faust-floor.log",
+                                        "--without-web", "-l", "warn"], workdir / f"faust-floor-{tag}.log",
                         env=os.environ | env)
     with proc:
         got = run(collect(broker.bootstrap, [dst], lambda g: len(g) >= len(sent), timeout_s=90))
         deadline = time.monotonic() + 30
         while (done := run(_committed(broker.bootstrap, group, src))) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.5)
+    return sent, got, done
+
+
+def test_the_faust_floor_forwards_every_record_and_commits_behind_it(broker: EmbeddedBroker, workdir: Path) -> None:
+    sent, got, done = _faust_floor(broker, workdir, {})
     assert sorted((r.key, r.value) for r in got) == sorted(sent), "every record copied once, key and value intact"
     assert done == len(sent), f"the group committed {done} of {len(sent)} offsets"
+
+
+def test_the_faust_floor_with_the_model_call_makes_one_call_per_record(broker: EmbeddedBroker, workdir: Path) -> None:
+    with SyntheticModel(workdir, "--latency-ms", "20") as model:
+        tasks = write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic")
+        sent, got, done = _faust_floor(broker, workdir, {"BENCH_TASKS": str(tasks), "BENCH_MAX_IN_FLIGHT": "16"})
+        stats = model.stats()
+    assert sorted((r.key, r.value) for r in got) == sorted(sent)
+    assert done == len(sent), f"the group committed {done} of {len(sent)} offsets"
+    assert stats["requests"] == len(sent), "one model call per record, before it is forwarded"
+    assert 8 <= stats["max_in_flight_seen"] <= 16, stats
 
 
 def test_the_client_floor_makes_the_calls_it_counts_at_the_concurrency_it_names(workdir: Path) -> None:
