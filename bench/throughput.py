@@ -15,8 +15,9 @@ processes, as the integration tests do (`tests/integration/harness.py`):
 - floors, printed with the pair (`--no-floors` skips them): what bounds the pipeline from above. The
   *Faust floor* is the worker's Kafka path through Faust with no model call (`bench/faust_passthrough.py`);
   the *openai floor* is the worker's model call alone, no Kafka, as many at once as the in-flight limit
-  (`bench/client_floor.py`), and *ModelClient* the same call through our wrapper. A worker makes one
-  model call per request, so it cannot beat either;
+  (`bench/client_floor.py`), and *ModelClient* the same call through our wrapper; *Faust + call* is the
+  Faust floor making that call before it forwards, and nothing else. A worker makes one model call per
+  request, so it cannot beat any of them;
 - `latency`: the synthetic model answers after 200 ms; throughput at in-flight limits 32, 128, 512
   against the ideal limit / latency, each after the openai client's own rate alone at that limit;
 - `stats`: CPU time per message of the pure statistics path (`bench/stats_path.py`);
