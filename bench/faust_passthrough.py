@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import faust
@@ -29,11 +30,10 @@ from faust.types import EventT, StreamT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.client_floor import TEXT  # noqa: E402  (the same request as the client floor's)
 from streams.classify.model_client import ModelClient  # noqa: E402
 from streams.faust_tuning import FAUST_TUNING  # noqa: E402
 from streams.tasks import load_tasks  # noqa: E402
-
-TEXT = "A warm, funny and moving film with a superb cast; the second act drags a little but the ending lands."
 
 
 def _env(name: str) -> str:
@@ -58,7 +58,7 @@ app = faust.App(
 source = app.topic(SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-def _ack_when_written(event: EventT) -> object:
+def _ack_when_written(event: EventT) -> Callable[[object], None]:
     return lambda _: event.ack()
 
 

@@ -215,6 +215,15 @@ class Bench:
         self.broker = broker
         self.bootstrap = broker.bootstrap
 
+    @contextmanager
+    def synthetic_model(self, latency_ms: float = 0.0) -> Iterator[SyntheticModel]:
+        """The synthetic model as a process of ours (so `load()` does not count it as another's)."""
+        flags = ["--latency-ms", str(latency_ms)] if latency_ms else []
+        with SyntheticModel(self.workdir, *flags) as model:
+            assert model.proc is not None
+            _children.add(model.proc.pid)
+            yield model
+
     def child(self, proc: ChildProcess) -> ChildProcess:
         proc.start()
         assert proc.proc is not None
@@ -230,22 +239,21 @@ class Bench:
     def faust_floor(self, n: int, max_in_flight: int | None = None) -> Run:
         """`bench/faust_passthrough.py`: the worker's Kafka path through Faust, without a model call, or
         (with `max_in_flight`) with the worker's model call to the synthetic model and nothing else."""
+        if max_in_flight is None:
+            return self._copy(n, "faust-passthrough", self._faust_command({}))
+        with self.synthetic_model() as model:
+            tasks = write_tasks(self.workdir / f"tasks-{uuid.uuid4().hex[:6]}.toml", model.base_url, model="synthetic")
+            return self._copy(n, "faust-call", self._faust_command(
+                {"BENCH_TASKS": str(tasks), "BENCH_MAX_IN_FLIGHT": str(max_in_flight)}))
+
+    def _faust_command(self, extra_env: dict[str, str]) -> Callable[[str, str, str, str], tuple[list[str], dict[str, str]]]:
         def command(src: str, dst: str, group: str, tag: str) -> tuple[list[str], dict[str, str]]:
             env = os.environ | {"BENCH_BOOTSTRAP": self.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst,
-                                "BENCH_GROUP": group, "BENCH_DATADIR": str(self.workdir / f"faust-{tag}")}
-            if model is not None:
-                tasks = write_tasks(self.workdir / f"tasks-{tag}.toml", model.base_url, model="synthetic")
-                env |= {"BENCH_TASKS": str(tasks), "BENCH_MAX_IN_FLIGHT": str(max_in_flight)}
+                                "BENCH_GROUP": group, "BENCH_DATADIR": str(self.workdir / f"faust-{tag}")} | extra_env
             return [sys.executable, str(REPO / "bench" / "faust_passthrough.py"), "worker", "--without-web",
                     "-l", "warn"], env
 
-        if max_in_flight is None:
-            model = None
-            return self._copy(n, "faust-passthrough", command)
-        with SyntheticModel(self.workdir) as model:
-            assert model.proc is not None
-            _children.add(model.proc.pid)
-            return self._copy(n, "faust-call", command)
+        return command
 
     def _copy(self, n: int, name: str,
               command: Callable[[str, str, str, str], tuple[list[str], dict[str, str] | None]]) -> Run:
@@ -267,10 +275,8 @@ class Bench:
 
     def client_floor(self, n: int, concurrency: int, latency_ms: float = 0.0, via: str = "openai") -> Run:
         """`bench/client_floor.py`: the worker's model call alone, against the same synthetic model."""
-        flags = ["--latency-ms", str(latency_ms)] if latency_ms else []
-        with SyntheticModel(self.workdir, *flags) as model:
+        with self.synthetic_model(latency_ms) as model:
             assert model.proc is not None
-            _children.add(model.proc.pid)
             tasks = write_tasks(self.workdir / f"tasks-{uuid.uuid4().hex[:6]}.toml", model.base_url, model="synthetic")
             model_cpu0 = cpu_seconds(model.proc.pid)
             out = subprocess.run([sys.executable, str(REPO / "bench" / "client_floor.py"), "--tasks", str(tasks),
@@ -290,10 +296,8 @@ class Bench:
     def pipeline(self, n: int, max_in_flight: int, latency_ms: float = 0.0, workers: int = 1,
                  sample: Callable[[int], None] | None = None, timeout_s: float = 1800) -> Run:
         """n requests through `workers` worker processes; the requests are queued before they start."""
-        flags = ["--latency-ms", str(latency_ms)] if latency_ms else []
-        with SyntheticModel(self.workdir, *flags) as model:
+        with self.synthetic_model(latency_ms) as model:
             assert model.proc is not None
-            _children.add(model.proc.pid)
             w = self.worker(model.base_url, max_in_flight)
             procs = []
             try:

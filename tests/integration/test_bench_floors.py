@@ -10,45 +10,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.throughput import committed, create_topics, wait_committed
 from streams.localdev.broker import EmbeddedBroker
 from streams.localdev.processes import ChildProcess
 from tests.integration.harness import REPO, Received, SyntheticModel, collect, produce, run, write_tasks
 
-PARTITIONS = 4
 
-
-async def _create(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
-    finally:
-        await admin.close()
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        offsets = [await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)]
-        return sum(o or 0 for o in offsets)
-    finally:
-        await consumer.stop()
-
-
-def _faust_floor(broker: EmbeddedBroker, workdir: Path, extra_env: dict[str, str]) -> tuple[list[tuple[bytes, bytes]], list[Received], int]:
+def _faust_floor(broker: EmbeddedBroker, workdir: Path,
+                 extra_env: dict[str, str]) -> tuple[list[tuple[bytes, bytes]], list[Received], int]:
     """Run bench/faust_passthrough.py over 400 records: (sent, received, offsets committed)."""
     tag = uuid.uuid4().hex[:8]
     src, dst, group = f"floor{tag}.in", f"floor{tag}.out", f"floor{tag}"
-    run(_create(broker.bootstrap, [src, dst]))
+    run(create_topics(broker.bootstrap, [src, dst]))
     sent = [(f"k{i}".encode(), orjson.dumps({"i": i})) for i in range(400)]
     run(produce(broker.bootstrap, src, sent))
     env = {"BENCH_BOOTSTRAP": broker.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst, "BENCH_GROUP": group,
@@ -58,9 +36,8 @@ def _faust_floor(broker: EmbeddedBroker, workdir: Path, extra_env: dict[str, str
                         env=os.environ | env)
     with proc:
         got = run(collect(broker.bootstrap, [dst], lambda g: len(g) >= len(sent), timeout_s=90))
-        deadline = time.monotonic() + 30
-        while (done := run(_committed(broker.bootstrap, group, src))) < len(sent) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_committed(broker.bootstrap, group, src, len(sent), timeout_s=30, alive=proc.alive)
+        done = run(committed(broker.bootstrap, group, src))
     return sent, got, done
 
 
