@@ -21,7 +21,7 @@ from faust.types import TP, EventT, StreamT
 
 from streams.app import app, settings, tasks, topics
 from streams.calibration.store import calibrator_feed as make_calibrator_feed
-from streams.classify.inflight import InOrderRelease
+from streams.classify.inflight import InOrderRelease, Ticket
 from streams.classify.model_client import ModelClient
 from streams.classify.records import Source
 from streams.classify.service import Classifier, Output
@@ -75,13 +75,12 @@ class InFlight:
 
     async def submit(self, event: EventT) -> None:
         await self.slots.acquire()  # back-pressure: stop reading when the window is full
-        msg = event.message
-        generation = self.release.add(msg.tp, msg.offset, event)
-        task = asyncio.create_task(self._handle(event, generation))
+        ticket = self.release.add(event.message.tp, event)
+        task = asyncio.create_task(self._handle(event, ticket))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
-    async def _handle(self, event: EventT, generation: int) -> None:
+    async def _handle(self, event: EventT, ticket: Ticket) -> None:
         msg = event.message
         try:
             outputs = await classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
@@ -94,7 +93,7 @@ class InFlight:
             METRICS.observe_outputs(outputs)  # /metrics and the dashboard (streams/ops)
         finally:
             self.slots.release()
-        for done in self.release.done(msg.tp, msg.offset, generation):
+        for done in self.release.done(ticket):
             done.ack()
 
     def revoke(self, partitions: set[TP]) -> None:

@@ -1,8 +1,16 @@
 """In-order release of out-of-order completions, per partition. Pure.
 
 Many model calls run at once and finish in any order, but a Kafka offset may only be committed when
-the message and every earlier one on its partition are fully handled. Items are registered in
-consumption order and released, in that order, as soon as the whole prefix before them is done.
+the message and every earlier one on its partition are fully handled. Items are registered in the order
+the consumer delivers them and released, in that order, as soon as every item delivered before them on
+their partition is done.
+
+Delivery order, not offset order: after a rebalance Faust can deliver an offset of a partition again,
+or an offset below one already delivered (it seeks the partition back to its committed offset while
+records fetched from another position are still on their way). Such a record is handled again (outputs
+are idempotent by request id) and released after everything delivered before it. Acks therefore still
+reach Faust in delivery order, and when any record is acked, every record delivered before it on its
+partition is done: no committed offset can pass a message without output.
 
 A rebalance can take a partition away while its items are still pending. `discard` forgets them and
 starts a new generation for the partition: a completion that arrives later for the old generation
@@ -12,35 +20,45 @@ this worker after the partition comes back, has not done yet. The dropped messag
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What `add` hands back for one registered item; `done` takes it."""
+
+    partition: Hashable
+    generation: int
+    seq: int  # delivery order, unique within one InOrderRelease
+
+
 class InOrderRelease(Generic[T]):
     def __init__(self) -> None:
-        self._pending: dict[Hashable, OrderedDict[int, list]] = {}
+        self._pending: dict[Hashable, OrderedDict[int, list]] = {}  # per partition: seq -> [item, done]
         self._generation: dict[Hashable, int] = {}
+        self._seq = itertools.count()
 
-    def add(self, partition: Hashable, offset: int, item: T) -> int:
-        """Register a consumed item; offsets must increase per partition. Returns its generation."""
-        queue = self._pending.setdefault(partition, OrderedDict())
-        if queue and offset <= next(reversed(queue)):
-            raise ValueError(f"offset {offset} on {partition} is not after {next(reversed(queue))}")
-        queue[offset] = [item, False]
-        return self._generation.get(partition, 0)
+    def add(self, partition: Hashable, item: T) -> Ticket:
+        """Register an item as the consumer delivered it (after every item added before it)."""
+        seq = next(self._seq)
+        self._pending.setdefault(partition, OrderedDict())[seq] = [item, False]
+        return Ticket(partition, self._generation.get(partition, 0), seq)
 
-    def done(self, partition: Hashable, offset: int, generation: int) -> list[T]:
-        """Mark one item done; return the items now releasable, oldest first.
+    def done(self, ticket: Ticket) -> list[T]:
+        """Mark one item done; return the items now releasable, in delivery order.
 
         An item of a discarded generation releases nothing: its partition was taken away meanwhile.
         """
-        if generation != self._generation.get(partition, 0):
+        if ticket.generation != self._generation.get(ticket.partition, 0):
             return []
-        queue = self._pending[partition]
-        queue[offset][1] = True
+        queue = self._pending[ticket.partition]
+        queue[ticket.seq][1] = True
         released: list[T] = []
         while queue:
             first = next(iter(queue.values()))
