@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.localdev.processes import ChildProcess, free_port, port_open
 from streams.settings import Settings
@@ -148,6 +149,24 @@ def run(coro: Any) -> Any:
 def http_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return orjson.loads(resp.read())
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """/metrics parsed with Prometheus' own parser: sample name -> {sorted labels: value}; every declared
+    family also appears under "family:NAME" (a labelled family may have no samples yet)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert resp.headers["content-type"].startswith("text/plain")
+        text = resp.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        out[f"family:{family.name}"] = {}
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def total(series: dict[tuple[tuple[str, str], ...], float], **labels: str) -> float:
+    return sum(v for k, v in series.items() if all((n, val) in k for n, val in labels.items()))
 
 
 class ModelEndpointProcess(ChildProcess):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,18 @@ from pathlib import Path
 import orjson
 
 from streams.localdev.broker import EmbeddedBroker
-from tests.integration.harness import Received, SyntheticModel, Worker, collect, produce, run, wait_ready, write_tasks
+from tests.integration.harness import (
+    Received,
+    SyntheticModel,
+    Worker,
+    collect,
+    produce,
+    run,
+    scrape,
+    total,
+    wait_ready,
+    write_tasks,
+)
 
 
 def _requests(n: int, prefix: str, seed: int) -> list[tuple[bytes, bytes]]:
@@ -27,12 +39,27 @@ def _locate(bootstrap: str, topics: list[str], ids: set[str]) -> list[str]:
     return [f"{r.topic}[{r.partition}]@{r.offset}" for r in everything if r.key and r.key.decode() in ids]
 
 
+#: Worker log lines that tell a rebalance's story: membership, revocation, recovery, stalls, failures.
+_STORY = re.compile(r"Joined group|synced group|Revoking|Worker\]: Ready|wait_empty|Recovery|rebalance|"
+                    r"WARNING|ERROR|CRITICAL|Traceback|classified so far")
+
+
+def _worker_stories(worker: Worker, lines: int = 60) -> str:
+    """The last lines of each run's log that tell what the group did, for a failure to name its cause."""
+    out = []
+    for log in sorted(worker.workdir.glob(f"worker-{worker.app_id}-*.log")):
+        story = [ln[:240] for ln in log.read_text(errors="replace").splitlines() if _STORY.search(ln)]
+        out.append(f"--- {log.name} ({len(story)} lines of note, last {lines}):\n" + "\n".join(story[-lines:]))
+    return "\n".join(out)
+
+
 def _check(got: list[Received], ids: set[str], injected: str, worker: Worker | None = None) -> None:
     seen = Counter(r.json()["id"] for r in got)
     lost = ids - seen.keys()
     if lost and worker is not None:  # a lost id: was it never consumed, never produced, or not read back?
         where = _locate(worker.bootstrap, [worker.topic(t) for t in ("requests", "results", "review")], lost)
         print(f"lost ids {sorted(lost)[:10]} found again at: {where[:20]}")
+        print(_worker_stories(worker))
     dup = sum(c - 1 for c in seen.values())
     by_id: dict[str, set[tuple]] = {}
     for r in got:
@@ -68,22 +95,37 @@ def test_repeated_kill_9_on_a_20k_stream_loses_nothing(broker: EmbeddedBroker, w
            worker)
 
 
+def _classified(worker_port: int) -> float:
+    """Requests this worker has classified, from its own /metrics."""
+    return total(scrape(worker_port).get("llm_classify_requests_total", {}))
+
+
 def test_killing_one_of_two_workers_hands_its_partitions_to_the_other(broker: EmbeddedBroker, workdir: Path) -> None:
+    """Two handoffs mid-stream: a second worker joins while the first has calls in flight, classifies its
+    share, and dies by kill -9 with calls in flight; the first takes everything back."""
     n = 3000
     with SyntheticModel(workdir, "--latency-ms", "100") as model:
+        # 8 calls of 100 ms at once: about 80 requests/s per worker, so the stream outlasts both joins.
         worker = Worker(broker.bootstrap, write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic"),
-                        workdir, partitions=8, max_in_flight=32)
+                        workdir, partitions=8, max_in_flight=8)
         outputs = [worker.topic("results"), worker.topic("review")]
         survivor = wait_ready(worker.process().start())
-        victim = worker.process().start()
+        survivor_port = worker.web_port
+        victim = worker.process()
         try:
             run(produce(broker.bootstrap, worker.topic("requests"), _requests(n, "h", seed=2)))
-            run(collect(broker.bootstrap, outputs, lambda g: len(g) >= n // 3, timeout_s=120, settle_s=0))
+            run(collect(broker.bootstrap, outputs, lambda g: len(g) >= 100, timeout_s=120, settle_s=0))
+            victim_port = worker.web_port
+            wait_ready(victim.start())
+            victim.wait_until(lambda: _classified(victim_port) >= 100, timeout_s=120)
+            at_kill = _classified(victim_port) + _classified(survivor_port)
             victim.kill()
             got = run(collect(broker.bootstrap, outputs, lambda g: len({r.json()["id"] for r in g}) >= n,
                               timeout_s=240, settle_s=2))
-            assert survivor.alive(), "the surviving worker keeps running through the rebalance"
+            assert survivor.alive(), "the surviving worker keeps running through both rebalances"
         finally:
             survivor.stop()
             victim.stop()
-    _check(got, {f"h{i}" for i in range(n)}, "kill -9 of one of two workers after a third of the outputs", worker)
+    print(f"classified by both workers when the victim was killed: {at_kill:.0f} of {n}")
+    assert at_kill < n * 0.8, "the victim must die mid-stream, with work left to hand over"
+    _check(got, {f"h{i}" for i in range(n)}, "a worker joins mid-stream, then is killed with -9", worker)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from streams import schemas
 from streams.localdev.broker import EmbeddedBroker
@@ -24,6 +23,8 @@ from tests.integration.harness import (
     collect,
     produce,
     run,
+    scrape,
+    total,
     wait_ready,
     write_tasks,
 )
@@ -43,24 +44,6 @@ def requests(prefix: str, n_auto: int, n_review: int) -> list[tuple[bytes, bytes
     out = [(f"{prefix}a{i}", f"confident {i} [[label={'fresh' if i % 3 else 'rotten'}]]") for i in range(n_auto)]
     out += [(f"{prefix}r{i}", f"doubtful {i}") for i in range(n_review)]
     return [(rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": text})) for rid, text in out]
-
-
-def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """/metrics parsed with Prometheus' own parser: sample name -> {sorted labels: value}; every declared
-    family also appears under "family:NAME" (a labelled family may have no samples yet)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        assert resp.headers["content-type"].startswith("text/plain")
-        text = resp.read().decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        out[f"family:{family.name}"] = {}
-        for s in family.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def total(series: dict[tuple[tuple[str, str], ...], float], **labels: str) -> float:
-    return sum(v for k, v in series.items() if all((n, val) in k for n, val in labels.items()))
 
 
 class Hook(ThreadingHTTPServer):
