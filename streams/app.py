@@ -10,6 +10,7 @@ import logging
 
 import faust
 
+from streams.faust_rebalance import hold_fetch_until_seeked
 from streams.faust_tuning import FAUST_TUNING
 from streams.kafka_security import faust_broker_options
 from streams.settings import Settings
@@ -60,6 +61,7 @@ app = ClassifyApp(
     **FAUST_TUNING,
     **faust_broker_options(settings),
 )
+hold_fetch_until_seeked(app)  # else records fetched at a rebalance's end can be dropped yet committed
 
 
 def _topic(logical: str) -> faust.TopicT:

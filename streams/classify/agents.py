@@ -37,6 +37,8 @@ classifier = Classifier(
 )
 #: Outputs by destination, for the periodic progress log (and later the metrics endpoint).
 counts: Counter[str] = Counter()
+#: Requests delivered per partition (a TP equals its (topic, partition) tuple), for the stall watch.
+delivered: Counter[TP] = Counter()
 
 
 #: Topic names by logical name, for sending straight to the producer.
@@ -75,7 +77,9 @@ class InFlight:
 
     async def submit(self, event: EventT) -> None:
         await self.slots.acquire()  # back-pressure: stop reading when the window is full
-        ticket = self.release.add(event.message.tp, event)
+        tp = event.message.tp
+        delivered[tp] += 1
+        ticket = self.release.add(tp, event)
         task = asyncio.create_task(self._handle(event, ticket))
         self.running.add(task)
         task.add_done_callback(self.running.discard)

@@ -26,9 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.alerting import QueueAlarm, WebhookForwarder
 from streams.app import app, settings, tasks, topics
-from streams.classify.agents import classifier, publish
+from streams.classify.agents import classifier, delivered, publish
 from streams.classify.records import now_iso
 from streams.classify.service import Output
+from streams.classify.stall import StallWatch
 from streams.kafka_io import TopicFeed
 from streams.kafka_security import kafka_client_options
 from streams.ops import pages
@@ -49,6 +50,8 @@ history = History()
 METRICS.state.queue = queue
 METRICS.state.drift = drift_history
 loaded = asyncio.Event()
+#: Longer than any healthy rebalance: the group waits up to a session timeout for a dead member.
+stalls = StallWatch(after_s=max(3 * settings.session_timeout_s, 30.0))
 alarm = QueueAlarm(settings.review_alert_depth, settings.review_alert_age_s)
 webhook = WebhookForwarder(settings.alert_webhook_url)
 
@@ -103,12 +106,40 @@ def consumer_lag() -> dict[tuple[str, int], int]:
     return out
 
 
+def _consumer_view(tp: Any) -> dict[str, Any]:
+    """What Faust's consumer holds about one partition: enough to tell a pause from a skip from a hang."""
+    consumer, key = app.consumer, (tp[0], tp[1])
+    owned = {(t.topic, t.partition): t for t in consumer.assignment()}
+    t = owned.get(key)
+
+    def has(attr: str) -> bool | None:
+        held = getattr(consumer, attr, None)
+        return None if held is None or t is None else t in held
+
+    return {"assigned": t is not None, "fetching": has("_active_partitions"), "paused": has("_paused_partitions"),
+            "buffer_full": has("_buffered_partitions"),
+            "read_offset": getattr(consumer, "_read_offset", {}).get(t) if t is not None else None,
+            "committed": getattr(consumer, "_committed_offset", {}).get(t) if t is not None else None,
+            "flow_active": getattr(consumer, "flow_active", None), "rebalancing": app.rebalancing,
+            "unacked": len(getattr(consumer, "_unacked_messages", ()))}
+
+
+def watch_stalls(now: float, lag: dict[tuple[str, int], int]) -> None:
+    requests_topic = topics["requests"].get_topic_name()
+    waiting = {k: n for k, n in lag.items() if k[0] == requests_topic}
+    for stall in stalls.observe(now, waiting, delivered):
+        log.warning("requests partition %s[%d] stalled: %d request(s) waiting, none delivered for %.0f s; "
+                    "consumer: %s", *stall.partition, stall.lag, stall.idle_s, _consumer_view(stall.partition))
+    METRICS.state.stalled = [(str(k[0]), int(k[1])) for k in stalls.stalled(now)]
+
+
 @app.timer(interval=SAMPLE_S)
 async def sample_ops() -> None:
     try:  # an exception inside a Faust timer stops the worker
         now = time.time()
         history.sample(now, METRICS.traffic, queue.stats(now), tasks.tasks)
         METRICS.state.lag = consumer_lag()
+        watch_stalls(time.monotonic(), METRICS.state.lag)
     except Exception:
         log.exception("ops sampling failed")
 

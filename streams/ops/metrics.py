@@ -105,6 +105,7 @@ class StateCollector(Collector):
         self.queue: ReviewQueue | None = None
         self.drift: DriftHistory | None = None
         self.lag: dict[tuple[str, int], int] = {}
+        self.stalled: list[tuple[str, int]] = []  # from streams.classify.stall, set by the ops sampler
         self.clock: Callable[[], float] = time.time
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -148,6 +149,12 @@ class StateCollector(Collector):
         for (topic, partition), n in sorted(self.lag.items()):
             lag.add_metric([topic, str(partition)], n)
         yield lag
+        stalled = GaugeMetricFamily(f"{NS}_partition_stalled", "1 while an owned requests partition has requests "
+                                    "waiting and none delivered for longer than a rebalance takes",
+                                    labels=["topic", "partition"])
+        for topic, partition in sorted(self.stalled):
+            stalled.add_metric([topic, str(partition)], 1)
+        yield stalled
 
 
 def instrument_model(client: Any, metrics: ServiceMetrics, method: str = "first_token") -> None:

@@ -292,6 +292,7 @@ def test_review_queue_drift_and_lag_gauges_are_read_at_scrape_time() -> None:
     q.add_item(item("a", at="2023-11-14T22:13:20Z"), 0)
     h.add(status(0.02, True), 0)
     m.state.lag = {("reqs", 0): 5, ("reqs", 1): 0}
+    m.state.stalled = [("reqs", 0)]
     s = parse(m.exposition())
     assert s[("llm_classify_review_queue_depth", (("task", "sentiment"),))] == 1
     assert s[("llm_classify_review_queue_oldest_age_seconds", (("task", "sentiment"),))] == 60
@@ -300,6 +301,8 @@ def test_review_queue_drift_and_lag_gauges_are_read_at_scrape_time() -> None:
     assert s[("llm_classify_drift_alert_open", (("kind", "data"), ("task", "sentiment")))] == 1
     assert s[("llm_classify_drift_alert_open", (("kind", "model"), ("task", "sentiment")))] == 0
     assert s[("llm_classify_consumer_lag", (("partition", "0"), ("topic", "reqs")))] == 5
+    assert s[("llm_classify_partition_stalled", (("partition", "0"), ("topic", "reqs")))] == 1
+    assert ("llm_classify_partition_stalled", (("partition", "1"), ("topic", "reqs"))) not in s
     q.add_answer(answer("a"), 0)
     assert parse(m.exposition())[("llm_classify_review_queue_depth", (("task", "sentiment"),))] == 0
 
@@ -432,6 +435,7 @@ def test_prometheus_config_and_alert_rules_use_series_the_worker_exports() -> No
     m.state.queue, m.state.drift = ReviewQueue(LABELS), DriftHistory()
     m.state.drift.add(status(0.01), 0)
     m.state.lag = {("classify.requests", 0): 1}
+    m.state.stalled = [("classify.requests", 0)]
     m.observe_record("results", {"task": "sentiment", "decision": "auto", "confidence": 0.9})
     m.model_errors.labels("sentiment", "timeout").inc()
     m.model_calls.labels("sentiment").inc()
