@@ -4,7 +4,7 @@ A consumer can own a partition and never read it. Faust has had rebalance races 
 unfetched, or a rebalance waiting forever for an event nobody will ack; the work is not lost (its offsets
 are not committed), but it waits until someone restarts the worker. Lag alone does not show this (a
 busy partition has lag too); lag that does not move *and* no delivery for longer than any rebalance takes
-does. The worker says so in its log and on /metrics (`llm_classify_partitions_stalled`), naming the
+does. The worker says so in its log and on /metrics (`llm_classify_partition_stalled`), naming the
 partition and what the consumer thinks of it.
 """
 

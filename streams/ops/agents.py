@@ -106,20 +106,21 @@ def consumer_lag() -> dict[tuple[str, int], int]:
     return out
 
 
-def _consumer_view(tp: Any) -> dict[str, Any]:
-    """What Faust's consumer holds about one partition: enough to tell a pause from a skip from a hang."""
-    consumer, key = app.consumer, (tp[0], tp[1])
-    owned = {(t.topic, t.partition): t for t in consumer.assignment()}
-    t = owned.get(key)
+def _consumer_view(tp: tuple[str, int]) -> dict[str, Any]:
+    """What Faust's consumer holds about one partition: enough to tell a pause from a skip from a hang.
+
+    A TP equals its (topic, partition) tuple, so the plain key looks up Faust's sets and dicts directly.
+    """
+    consumer = app.consumer
 
     def has(attr: str) -> bool | None:
         held = getattr(consumer, attr, None)
-        return None if held is None or t is None else t in held
+        return None if held is None else tp in held
 
-    return {"assigned": t is not None, "fetching": has("_active_partitions"), "paused": has("_paused_partitions"),
-            "buffer_full": has("_buffered_partitions"),
-            "read_offset": getattr(consumer, "_read_offset", {}).get(t) if t is not None else None,
-            "committed": getattr(consumer, "_committed_offset", {}).get(t) if t is not None else None,
+    return {"assigned": tp in consumer.assignment(), "fetching": has("_active_partitions"),
+            "paused": has("_paused_partitions"), "buffer_full": has("_buffered_partitions"),
+            "read_offset": getattr(consumer, "_read_offset", {}).get(tp),
+            "committed": getattr(consumer, "_committed_offset", {}).get(tp),
             "flow_active": getattr(consumer, "flow_active", None), "rebalancing": app.rebalancing,
             "unacked": len(getattr(consumer, "_unacked_messages", ()))}
 
@@ -130,7 +131,7 @@ def watch_stalls(now: float, lag: dict[tuple[str, int], int]) -> None:
     for stall in stalls.observe(now, waiting, delivered):
         log.warning("requests partition %s[%d] stalled: %d request(s) waiting, none delivered for %.0f s; "
                     "consumer: %s", *stall.partition, stall.lag, stall.idle_s, _consumer_view(stall.partition))
-    METRICS.state.stalled = [(str(k[0]), int(k[1])) for k in stalls.stalled(now)]
+    METRICS.state.stalled = list(stalls.stalled(now))
 
 
 @app.timer(interval=SAMPLE_S)
