@@ -1,10 +1,10 @@
-# Two commands for a fresh clone: `make demo` runs the main job, `make test` runs every test.
+# Two commands for a fresh clone: `make demo` runs the main job, `make test` lints, type-checks, then runs every test.
 # Each creates .venv and installs what it needs (Python >= 3.11 required).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean bench-calibration bench-throughput
+.PHONY: demo lint test clean bench-calibration bench-throughput
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; run: make PYTHON=python3.11 ...")'
@@ -23,13 +23,19 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.python-ok
 demo: $(VENV)/.installed-local
 	$(PY) -m streams demo $(ARGS)
 
+# Lint and type-check (configured in pyproject.toml: [tool.ruff], [tool.mypy], which also lists mypy's paths).
+# The tools come from the [test] extra. `make test` runs this first: a lint or type error fails the tests.
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test lint
 	@$(PY) -m pytest $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # Calibration benchmarks (bench/README.md). Their own venv: netcal needs torch, which the service never
 # does. torch is installed FIRST and pinned to the 2.13.0 CPU wheel; any other version would make pip

@@ -23,15 +23,26 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python bench/calibration_eval.py`: import bench and streams from the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
-    HEADLINE_SEED, OUT, Scores, describe, heldout_split, load_scores, movie_task, split,
+from bench.common import (
+    HEADLINE_SEED,
+    OUT,
+    Scores,
+    describe,
+    heldout_split,
+    load_scores,
+    movie_task,
+    split,
 )
-from streams.calibration.calibrators import Calibrator, TemperatureScaling, select_calibrator  # noqa: E402
-from streams.calibration.metrics import (  # noqa: E402
-    confidence_and_correct, ece, ece_floor, reliability_data, summary,
+from streams.calibration.calibrators import Calibrator, TemperatureScaling, select_calibrator
+from streams.calibration.metrics import (
+    confidence_and_correct,
+    ece,
+    ece_floor,
+    reliability_data,
+    summary,
 )
-from streams.calibration.plots import reliability_diagram  # noqa: E402
-from streams.calibration.risk_control import accept, ltt_threshold  # noqa: E402
+from streams.calibration.plots import reliability_diagram
+from streams.calibration.risk_control import accept, ltt_threshold
 
 ECE_TARGET = 0.03
 N_BINS = 15
@@ -139,7 +150,7 @@ def stability(scores: Scores, methods: tuple[str, ...]) -> None:
         print(f"test ECE {name:27} mean {v.mean():.4f}  range [{v.min():.4f}, {v.max():.4f}]  sd {v.std(ddof=1):.4f}")
     below = int(np.sum(np.asarray(cal_ece) <= ECE_TARGET))
     print(f"seeds with calibrated test ECE <= {ECE_TARGET}: {below}/{len(cal_ece)}")
-    noise = sum(c <= f[1] for c, f in zip(cal_ece, floor))
+    noise = sum(c <= f[1] for c, f in zip(cal_ece, floor, strict=True))
     print(f"seeds whose calibrated ECE is within binning noise of perfect calibration (<= 95th pct): "
           f"{noise}/{len(cal_ece)}")
     counts = {m: chosen.count(m) for m in dict.fromkeys(chosen)}
@@ -173,7 +184,7 @@ def risk_control(scores: Scores, methods: tuple[str, ...]) -> dict[tuple[float, 
           f"LTT fixed-sequence, binomial p-values")
     per_target: dict[tuple[float, float], list[RiskRun]] = {t: [] for t in RISK_TARGETS}
     for seed in RISK_SPLITS:
-        for target, run in zip(RISK_TARGETS, risk_split(scores, methods, seed)):
+        for target, run in zip(RISK_TARGETS, risk_split(scores, methods, seed), strict=True):
             per_target[target].append(run)
     for (alpha, delta), runs in per_target.items():
         first = runs[0]

@@ -27,14 +27,15 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.classify.model_client import ModelClient  # noqa: E402
-from streams.tasks import Task, load_tasks  # noqa: E402
+from streams.classify.model_client import ModelClient
+from streams.tasks import Task, load_tasks
 
 TEXT = "A warm, funny and moving film with a superb cast; the second act drags a little but the ending lands."
 WARM_UP = 500
 
 
-def openai_call(task: Task, timeout_s: float, max_retries: int) -> tuple[Callable[[], Awaitable[object]], openai.AsyncOpenAI]:
+def openai_call(task: Task, timeout_s: float,
+                max_retries: int) -> tuple[Callable[[], Awaitable[object]], openai.AsyncOpenAI]:
     endpoint = task.model
     client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key(), timeout=timeout_s,
                                 max_retries=max_retries, http_client=openai.DefaultAioHttpClient(timeout=timeout_s))
@@ -79,7 +80,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, float | int | str]:
         rate, cpu = await run(call, args.n, args.concurrency)
     finally:
         await close()
-    return {"via": args.via, "n": args.n, "concurrency": args.concurrency, "rate": rate, "cpu_us_per_call": cpu / args.n * 1e6}
+    return {"via": args.via, "n": args.n, "concurrency": args.concurrency, "rate": rate,
+            "cpu_us_per_call": cpu / args.n * 1e6}
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ def synthetic_records(n: int, seed: int, labels: tuple[str, ...], temperature: f
             rec["error"] = "timeout: synthetic"
         else:
             rec["label_mass"] = float(mass[i])
-            rec["raw_probabilities"] = dict(zip(labels, probs[i].tolist()))
+            rec["raw_probabilities"] = dict(zip(labels, probs[i].tolist(), strict=True))
         records.append(rec)
     return records
 
@@ -154,13 +154,13 @@ def describe(scores: Scores) -> str:
     """One block: how many items, how many dropped and why, class balance, raw accuracy."""
     counts = np.bincount(scores.y, minlength=len(scores.labels))
     n = len(scores.y)
-    balance = ", ".join(f"{label} {c} ({c / n:.1%})" for label, c in zip(scores.labels, counts))
+    balance = ", ".join(f"{label} {c} ({c / n:.1%})" for label, c in zip(scores.labels, counts, strict=True))
     raw_acc = float(np.mean(scores.probs.argmax(axis=1) == scores.y)) if n else float("nan")
     return "\n".join([
         f"source:     {scores.source}",
         f"scored:     {scores.n_scored}",
-        f"dropped:    {scores.n_errors} failed calls, {scores.n_low_mass} with label_mass < "
-        f"{scores.min_label_mass} (routed to review by the service, not calibration data)",
+        (f"dropped:    {scores.n_errors} failed calls, {scores.n_low_mass} with label_mass < "
+         f"{scores.min_label_mass} (routed to review by the service, not calibration data)"),
         f"usable:     {n}",
         f"balance:    {balance}",
         f"raw accuracy (usable items, top label): {raw_acc:.4f}",

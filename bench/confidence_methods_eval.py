@@ -24,11 +24,10 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -36,13 +35,13 @@ import orjson
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, RT_N, RT_SEED, movie_task, split  # noqa: E402
-from streams.calibration.calibrators import select_calibrator  # noqa: E402
-from streams.calibration.metrics import confidence_and_correct, ece  # noqa: E402
-from streams.confidence import self_consistency as sc  # noqa: E402
-from streams.confidence.answers import answer_label  # noqa: E402
-from streams.confidence.ensemble import pool  # noqa: E402
-from streams.tasks import Task  # noqa: E402
+from bench.common import OUT, RT_N, RT_SEED, movie_task, split
+from streams.calibration.calibrators import select_calibrator
+from streams.calibration.metrics import confidence_and_correct, ece
+from streams.confidence import self_consistency as sc
+from streams.confidence.answers import answer_label
+from streams.confidence.ensemble import pool
+from streams.tasks import Task
 
 CACHE = OUT / "confidence_cache"
 BUDGET = 20
@@ -73,12 +72,12 @@ async def _collect(task: Task, rows: list[tuple[str, str, str]], base_url: str, 
     """Fill the caches: single-call methods, and 20 samples per item per temperature."""
     from streams.calibration.scoring import Progress
     from streams.classify.model_client import ModelClient
-    from streams.confidence.methods import ConfidenceRunner, _seed
+    from streams.confidence.methods import MethodRunner, sample_seed
     from streams.errors import ModelError
 
     task = dataclasses.replace(task, model=dataclasses.replace(task.model, base_url=base_url))
     client = ModelClient(120, 2)
-    runner = ConfidenceRunner(client)
+    runner = MethodRunner(client)
     slots = asyncio.Semaphore(concurrency)
     CACHE.mkdir(parents=True, exist_ok=True)
     jobs: list[Any] = []
@@ -94,7 +93,7 @@ async def _collect(task: Task, rows: list[tuple[str, str, str]], base_url: str, 
     if not jobs:
         return
     progress = Progress(len(jobs), "model calls for the evaluation (cached as they finish)")
-    files = {}
+    files: dict[Path, IO[bytes]] = {}
 
     async def one(method: str, temp: float | None, path: Path, row: tuple[str, str, str]) -> None:
         rid, text, label = row
@@ -108,7 +107,7 @@ async def _collect(task: Task, rows: list[tuple[str, str, str]], base_url: str, 
                     reqs = 0
                     for k in range(BUDGET // PER_REQUEST):
                         s = await client.chat(task.model, msgs, max_tokens=pol.max_tokens, temperature=temp or 0.0,
-                                              n=PER_REQUEST, seed=_seed(rid, k))
+                                              n=PER_REQUEST, seed=sample_seed(rid, k))
                         answers += list(s.texts[:PER_REQUEST])
                         reqs += 1
                     rec |= {"answers": answers, "votes": [answer_label(a, task.labels) for a in answers],
@@ -212,9 +211,9 @@ def main(argv: list[str]) -> int:
         recs = _load_for(task, method, ids)
         ok = np.array([recs[i].get("raw") is not None for i in ids])
         probs = np.array([recs[i]["raw"] if recs[i].get("raw") is not None else [1.0 / k] * k for i in ids])
-        rq = np.array([recs[i].get("requests", 1) for i in ids], dtype=float)
-        raws[method], oks[method], reqs[method] = probs, ok, rq
-        results.append(evaluate(method, probs, y, ok, float(rq.mean()), None))
+        requests_per_item = np.array([recs[i].get("requests", 1) for i in ids], dtype=float)
+        raws[method], oks[method], reqs[method] = probs, ok, requests_per_item
+        results.append(evaluate(method, probs, y, ok, float(requests_per_item.mean()), None))
     pol = task.confidence.self_consistency
     adaptive_rows = []
     for t in TEMPERATURES:
@@ -238,8 +237,12 @@ def main(argv: list[str]) -> int:
             used, agree, lead_a, probs_a, ok_a, requests = [], [], [], [], [], []
             for j, v in enumerate(votes):
                 if not ok_all[j]:
-                    used.append(0), agree.append(False), probs_a.append(np.full(k, 1.0 / k)), ok_a.append(False)
-                    requests.append(0), lead_a.append(-2)
+                    used.append(0)
+                    agree.append(False)
+                    probs_a.append(np.full(k, 1.0 / k))
+                    ok_a.append(False)
+                    requests.append(0)
+                    lead_a.append(-2)
                     continue
                 n_used, _ = sc.run_on_stream(v, k, rule, batch=1)
                 tally = sc.VoteTally(k)
@@ -278,7 +281,7 @@ def main(argv: list[str]) -> int:
         cal_members.append(cal.transform(raws[m]))
     for how in ("mean", "loglinear"):
         pooled = pool(cal_members, None, how)
-        rq = float(sum(reqs[m] for m in members).mean())
+        rq = float(np.sum([reqs[m] for m in members], axis=0).mean())
         r = evaluate(f"ensemble {how} (seq + verb + SC 0.7), held-out", pooled, y, ok, rq, None, test_only=True)
         r["note"] = "members' calibrators fitted on the fit half; every figure on the held-out half"
         results.append(r)

@@ -3,7 +3,7 @@
 What it measures. Every message goes through `WindowSummary.add_many` (equal to `add` per message,
 pinned by the unit tests) and every window through the service's own `compare_window` (G-test per
 family, Holm over labels / confidence / entropy, JS effect floor) and `EpisodeTracker`; the sequential
-detectors (`Cusum`, `PageHinkley` from `streams.drift.statistics`) get `entropy_shift_z` of each
+detectors (`Cusum`, `PageHinkley` from `streams.drift.sequential`) get `entropy_shift_z` of each
 window. Messages are drawn per window: label from the prior; the chosen label's probability
 c = 1/K + (1 - 1/K) Beta(a, 1), the rest spread evenly, so confidence = c and the normalised entropy
 follows; label mass ~ U(0.9, 1) (only summed). The baseline is a separate draw of 100 windows' worth
@@ -55,16 +55,10 @@ from scipy.stats import chi2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.drift.statistics import (  # noqa: E402
-    Cusum,
-    DriftTest,
-    EpisodeTracker,
-    PageHinkley,
-    WindowSummary,
-    compare_window,
-    cusum_threshold,
-    entropy_shift_z,
-)
+from streams.drift.episodes import EpisodeTracker
+from streams.drift.homogeneity import DriftTest, compare_window
+from streams.drift.sequential import Cusum, PageHinkley, cusum_threshold, entropy_shift_z
+from streams.drift.summary import WindowSummary
 
 try:
     from river import drift as river_drift
@@ -184,7 +178,8 @@ def _pmin(w: WindowSummary, baseline: WindowSummary, test: DriftTest) -> float:
     (The same decision as compare_window(...).drifted, kept as a number so --tune can vary alpha.)
     """
     v = compare_window(w, baseline, test)
-    return min((x.p_value for x in v.verdicts.values() if x.value > x.threshold), default=1.0)
+    return min((x.p_value for x in v.verdicts.values() if x.value > x.threshold and x.p_value is not None),
+               default=1.0)
 
 
 def run_change(scenario: str, n: int, seed: int, arl0s: dict[str, tuple[float, ...]], test: DriftTest, river: bool,
@@ -197,7 +192,7 @@ def run_change(scenario: str, n: int, seed: int, arl0s: dict[str, tuple[float, .
                for u in range(-PRE, POST)]
     sig = Signals(baseline, n, arl0s, river, per_msg)
     tracker = EpisodeTracker()
-    delays: dict[str, int | None] = {name: None for name in [*sig.ours, *sig.river, *sig.per_msg, "window"]}
+    delays: dict[str, int | None] = dict.fromkeys([*sig.ours, *sig.river, *sig.per_msg, "window"])
     pmins = []  # window test's pmin in the first two changed windows (for --tune)
     for t, window in enumerate(draw(rng, n, regimes)):
         u = t - PRE
@@ -225,8 +220,8 @@ def run_stationary(n: int, seed: int, arl0s: dict[str, tuple[float, ...]], test:
     baseline = draw(rng, n * BASELINE_WINDOWS, [r0])[0][0]
     sig = Signals(baseline, n, arl0s, river, True)
     tracker = EpisodeTracker()
-    alarms: dict[str, int] = {name: 0 for name in [*sig.ours, *sig.river, *sig.per_msg, "window", "episodes",
-                                                  "river_any[ADWIN]", "river_any[riverPH]", "river_any[ADWIN/msg]"]}
+    alarms: dict[str, int] = dict.fromkeys([*sig.ours, *sig.river, *sig.per_msg, "window", "episodes",
+                                            "river_any[ADWIN]", "river_any[riverPH]", "river_any[ADWIN/msg]"], 0)
     pmins = np.empty(STREAM_WINDOWS)
     for t, window in enumerate(draw(rng, n, [r0] * STREAM_WINDOWS)):
         fired = sig.update(window)
@@ -297,7 +292,7 @@ def main() -> None:
     tune = args.tune
     seed0 = TUNE_SEED if tune else 0
     grid = (1000.0, 2000.0, 5000.0, 10000.0)
-    arl0s = {d: grid if tune else (ARL0[d],) for d in OURS_SEQ}
+    arl0s: dict[str, tuple[float, ...]] = {d: grid if tune else (ARL0[d],) for d in OURS_SEQ}
     scenarios = ["a1", "a2", "b"] if tune else list(SCENARIOS)
     streams = max(1, args.windows // (STREAM_WINDOWS * len(args.sizes)))
     jobs: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = []
@@ -322,7 +317,8 @@ def main() -> None:
           f"baseline {BASELINE_WINDOWS} windows; river "
           f"{'not used when tuning' if tune else 'present' if river_drift else 'NOT installed (pip install river)'}")
     print(f"window test: G-test per family, Holm over 3 families, alpha={test.alpha:g}, JS floor "
-          f"{test.min_effect:g} bits, EpisodeTracker(confirm=1, clear=3);\nCUSUM / Page-Hinkley on entropy_shift_z with "
+          f"{test.min_effect:g} bits, EpisodeTracker(confirm=1, clear=3);\n"
+          "CUSUM / Page-Hinkley on entropy_shift_z with "
           f"k = delta = {K_SIGMA} sigma, h = threshold = " + " / ".join(
               f"{cusum_threshold(ARL0[d], K_SIGMA):.2f} sigma" for d in OURS_SEQ)
           + " (two-sided ARL0 " + " / ".join(f"{ARL0[d]:g}" for d in OURS_SEQ) + " windows)")
@@ -338,7 +334,8 @@ def main() -> None:
 def report(by: dict[tuple[str, str, int], list[dict[str, Any]]], sizes: list[int], test: DriftTest) -> None:
     seq = [f"{d}@{ARL0[d]:g}" for d in OURS_SEQ]
     print("\nDetection per scenario: share of runs alerted within the 60 windows after the change, share within 2 "
-          "windows,\nmedian and max delay in windows (over the runs that detected). ADWIN/msg: first --msg-runs runs only.")
+          "windows,\nmedian and max delay in windows (over the runs that detected). "
+          "ADWIN/msg: first --msg-runs runs only.")
     rows = [("ours: window test (labels+conf+entropy)", "window"), ("ours: CUSUM on z(mean entropy)", seq[0]),
             ("ours: Page-Hinkley on z(mean entropy)", seq[1])]
     if river_drift is not None:
@@ -361,7 +358,8 @@ def report(by: dict[tuple[str, str, int], list[dict[str, Any]]], sizes: list[int
                ("CUSUM(z) on mean entropy", seq[0]), ("PageHinkley(z) on mean entropy", seq[1])]
     if river_drift is not None:
         fa_cols += [(f"river {name}", name) for name in RIVER]
-        fa_cols += [("river ADWIN, either signal", "river_any[ADWIN]"), ("river PH, either signal", "river_any[riverPH]"),
+        fa_cols += [("river ADWIN, either signal", "river_any[ADWIN]"),
+                    ("river PH, either signal", "river_any[riverPH]"),
                     ("river ADWIN/msg, either signal", "river_any[ADWIN/msg]")]
     fa: dict[tuple[str, int], float] = {}
     for label, key in fa_cols:
@@ -389,8 +387,9 @@ def report(by: dict[tuple[str, str, int], list[dict[str, Any]]], sizes: list[int
             k, windows = sum(s["alarms"][key] for s in streams), STREAM_WINDOWS * len(streams)
             good = 1000 * k / windows <= 1.0
             ok &= good
-            print(f"  [{'PASS' if good else 'FAIL'}] {label} false alarms n={n}: {1000 * k / windows:.2f} per 1000 windows "
-                  f"({k} in {windows:,}; 95% upper bound {upper95(k, windows):.2f}) (required <= 1)")
+            print(f"  [{'PASS' if good else 'FAIL'}] {label} false alarms n={n}: "
+                  f"{1000 * k / windows:.2f} per 1000 windows ({k} in {windows:,}; "
+                  f"95% upper bound {upper95(k, windows):.2f}) (required <= 1)")
     print(f"  overall: {'PASS' if ok else 'FAIL'}")
 
 
@@ -405,10 +404,10 @@ def tune_report(by: dict[tuple[str, str, int], list[dict[str, Any]]], sizes: lis
             pm = np.concatenate([s["pmins"] for s in by[("stationary", "d", n)]])
             k = int(np.sum(pm < alpha))
             fine &= upper95(k, pm.shape[0]) <= 1.0
-            det = [np.mean([r["pmin2"] < alpha for r in by[("change", sc, n)]]) for sc in ("a1", "a2")]
-            fine &= min(det) >= 0.99
+            detected = [np.mean([r["pmin2"] < alpha for r in by[("change", sc, n)]]) for sc in ("a1", "a2")]
+            fine &= min(detected) >= 0.99
             cells.append(f"n={n}: FA {1000 * k / pm.shape[0]:.2f} [{upper95(k, pm.shape[0]):.2f}] "
-                         f"a1 {det[0]:.1%} a2 {det[1]:.1%}")
+                         f"a1 {detected[0]:.1%} a2 {detected[1]:.1%}")
         if fine and chosen_alpha is None:
             chosen_alpha = alpha
         print(f"  alpha={alpha:<7g} " + "   ".join(cells) + ("   <- meets both" if fine else ""))

@@ -33,9 +33,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python bench/netcal_compare.py`: import bench and streams from the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import HEADLINE_SEED, describe, heldout_split, load_scores, synthetic_probs  # noqa: E402
-from streams.calibration.calibrators import IsotonicCalibrator, TemperatureScaling  # noqa: E402
-from streams.calibration.metrics import EPS, confidence_and_correct, ece, nll  # noqa: E402
+from bench.common import HEADLINE_SEED, describe, heldout_split, load_scores, synthetic_probs
+from streams.calibration.calibrators import IsotonicCalibrator, TemperatureScaling
+from streams.calibration.metrics import EPS, confidence_and_correct, ece, nll
 
 try:
     from netcal.binning import IsotonicRegression as NetcalIsotonic

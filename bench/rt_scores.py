@@ -20,12 +20,12 @@ import orjson
 if __package__ in (None, ""):  # run as `python bench/rt_scores.py`: import bench from the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RT_N, RT_SEED  # noqa: E402
-from streams.calibration.scoring import score  # noqa: E402
-from streams.classify.model_client import ModelClient  # noqa: E402
-from streams.localdev.model_server import LocalModelServer, cache_dir  # noqa: E402
-from streams.localdev.sample_data import load_reviews  # noqa: E402
-from streams.tasks import load_tasks  # noqa: E402
+from bench.common import RT_N, RT_SEED
+from streams.calibration.scoring import score
+from streams.classify.model_client import ModelClient
+from streams.localdev.model_server import LocalModelServer, cache_dir
+from streams.localdev.sample_data import load_reviews
+from streams.tasks import load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "config" / "tasks.toml"

@@ -21,7 +21,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +35,7 @@ from streams.classify.probabilities import LabelMatcher, label_scores, normalise
 from streams.classify.routing import route  # noqa: E402
 from streams.drift.monitor import DriftAccumulator  # noqa: E402
 from streams.localdev.synthetic_model import SyntheticConfig  # noqa: E402
-from streams.tasks import parse_tasks  # noqa: E402
+from streams.tasks import Task, parse_tasks  # noqa: E402
 
 TASK = """
 [[task]]
@@ -50,17 +52,36 @@ def replies() -> dict[str, list[tuple[str, float]]]:
     tokens = ["fresh", "rotten", " fresh", " rotten", "▁fresh", "Fresh", "ro", "the", "<", "\n", "It",
               "A", "fre", " R", "This", "movie", "I", "**", "Answer", ":"]
     weights = np.array([0.45, 0.2, 0.08, 0.05, 0.04, 0.03, 0.02] + [0.13 / 13] * 13)
-    real = [(t, float(math.log(w))) for t, w in zip(tokens, weights)]
+    real = [(t, float(math.log(w))) for t, w in zip(tokens, weights, strict=True)]
     return {"synthetic reply (4 tokens)": synthetic, "20-token reply": real}
 
 
-def per_message_us(fn, n: int, repeat: int) -> tuple[float, float]:
+def per_message_us(fn: Callable[[int], object], n: int, repeat: int) -> tuple[float, float]:
     runs = []
     for _ in range(repeat):
         t0 = time.process_time()
         fn(n)
         runs.append((time.process_time() - t0) / n * 1e6)
     return min(runs), statistics.median(runs)
+
+
+def stage_parts(top: list[tuple[str, float]], matcher: LabelMatcher, cal: Any, task: Task,
+                acc: DriftAccumulator) -> dict[str, Callable[[int], object]]:
+    """Each stage of the path alone, on one reply, as a function of the number of messages."""
+    s = label_scores(top, matcher)
+    c = cal.transform(s.probabilities)
+
+    def observe(n: int) -> None:
+        for _ in range(n):
+            acc.observe(task, 0, 0.7, 0.5, 0.9, -0.3)
+
+    return {
+        "label_scores": lambda n: [label_scores(top, matcher) for _ in range(n)],
+        "transform (vector)": lambda n: [cal.transform(s.probabilities) for _ in range(n)],
+        "normalised_entropy": lambda n: [normalised_entropy(c) for _ in range(n)],
+        "route": lambda n: [route(c, s.label_mass, 0.8, 0.5) for _ in range(n)],
+        "observe": observe,
+    }
 
 
 def main() -> None:
@@ -82,7 +103,7 @@ def main() -> None:
         for name, cal in calibrators.items():
             acc = DriftAccumulator(tasks)
 
-            def stats(n: int, top=top, cal=cal, acc=acc) -> None:
+            def stats(n: int, top: list[tuple[str, float]] = top, cal: Any = cal, acc: DriftAccumulator = acc) -> None:
                 for _ in range(n):
                     s = label_scores(top, matcher)
                     c = cal.transform(s.probabilities)
@@ -90,7 +111,8 @@ def main() -> None:
                     i = 0 if c[0] >= c[1] else 1
                     acc.observe(task, i, float(c[i]), e, s.label_mass, -0.3)
 
-            def with_route(n: int, top=top, cal=cal, acc=acc) -> None:
+            def with_route(n: int, top: list[tuple[str, float]] = top, cal: Any = cal,
+                           acc: DriftAccumulator = acc) -> None:
                 for _ in range(n):
                     s = label_scores(top, matcher)
                     c = cal.transform(s.probabilities)
@@ -102,18 +124,7 @@ def main() -> None:
             rlo, rmed = per_message_us(with_route, args.n, args.repeat)
             print(f"    calibrator {name:12s} probabilities + calibration + drift update {lo:5.1f} us "
                   f"(median {med:5.1f});  with routing {rlo:5.1f} us (median {rmed:5.1f})")
-        parts = {
-            "label_scores": lambda n, top=top: [label_scores(top, matcher) for _ in range(n)],
-        }
-        s = label_scores(top, matcher)
-        c = calibrators["vector"].transform(s.probabilities)
-        acc = DriftAccumulator(tasks)
-        parts |= {
-            "transform (vector)": lambda n: [calibrators["vector"].transform(s.probabilities) for _ in range(n)],
-            "normalised_entropy": lambda n: [normalised_entropy(c) for _ in range(n)],
-            "route": lambda n: [route(c, s.label_mass, 0.8, 0.5) for _ in range(n)],
-            "observe": lambda n: [acc.observe(task, 0, 0.7, 0.5, 0.9, -0.3) for _ in range(n)],
-        }
+        parts = stage_parts(top, matcher, calibrators["vector"], task, DriftAccumulator(tasks))
         print("    parts: " + ", ".join(f"{k} {per_message_us(f, args.n, 3)[0]:.1f} us" for k, f in parts.items()))
 
 

@@ -246,7 +246,8 @@ class Bench:
             return self._copy(n, "faust-call", self._faust_command(
                 {"BENCH_TASKS": str(tasks), "BENCH_MAX_IN_FLIGHT": str(max_in_flight)}))
 
-    def _faust_command(self, extra_env: dict[str, str]) -> Callable[[str, str, str, str], tuple[list[str], dict[str, str]]]:
+    def _faust_command(self,
+                       extra_env: dict[str, str]) -> Callable[[str, str, str, str], tuple[list[str], dict[str, str]]]:
         def command(src: str, dst: str, group: str, tag: str) -> tuple[list[str], dict[str, str]]:
             env = os.environ | {"BENCH_BOOTSTRAP": self.bootstrap, "BENCH_SOURCE": src, "BENCH_DEST": dst,
                                 "BENCH_GROUP": group, "BENCH_DATADIR": str(self.workdir / f"faust-{tag}")} | extra_env
@@ -332,7 +333,8 @@ def part_ceiling_pipeline(bench: Bench, n: int, repeat: int, max_in_flight: int,
     for i in range(repeat):
         before = load()
         c = bench.ceiling(n)
-        print(f"  [{i + 1}] ceiling      {c.rate:8.0f} msg/s  (pass-through CPU {c.cpu_us_per_msg:5.0f} us/msg; {before})")
+        print(f"  [{i + 1}] ceiling      {c.rate:8.0f} msg/s  "
+              f"(pass-through CPU {c.cpu_us_per_msg:5.0f} us/msg; {before})")
         if floors:
             floor_lines(bench, c.rate, n, max_in_flight, i + 1)
         before = load()
@@ -438,7 +440,8 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=512, help="for the zero-latency runs")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--limits", default="32,128,512")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each latency-bound run at the ideal rate")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="length of each latency-bound run at the ideal rate")
     parser.add_argument("--rss-n", type=int, default=1_000_000)
     parser.add_argument("--rss-timeout", type=float, default=3600, help="seconds; the samples are reported anyway")
     parser.add_argument("--scale-limit", type=int, default=64)

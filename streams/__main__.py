@@ -6,6 +6,7 @@ Faust app; everything else (`worker`, ...) is Faust's own command line on the co
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from streams.errors import ConfigError
@@ -26,12 +27,12 @@ LOCAL_COMMANDS = {
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in LOCAL_COMMANDS:
-        import importlib
-
         module = importlib.import_module(LOCAL_COMMANDS[sys.argv[1]])
         sys.exit(module.main(sys.argv[2:]))
+    from streams.worker import build_worker
+
     try:
-        from streams.app import app
+        app = build_worker()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -32,5 +32,5 @@ def hold_fetch_until_seeked(app: faust.App) -> None:
     """Connect the handler; call once, on the worker's app."""
 
     @app.on_rebalance_complete.connect
-    async def _stop_flow_until_seeked(sender: faust.App, **kwargs: Any) -> None:
+    async def _stop_flow_until_seeked(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
         sender.consumer.stop_flow()  # Faust calls resume_flow() right after the seek and queue clear

@@ -32,7 +32,7 @@ async def assign_all(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 
             return tps
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"topic {topic} has no partitions after {timeout_s:.0f}s; is it created?")
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call for this
+        await consumer._client.force_metadata_update()  # private: aiokafka has no public call for this
         await asyncio.sleep(0.2)
 
 

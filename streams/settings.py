@@ -1,7 +1,11 @@
 """Service settings from environment variables, validated once at start.
 
-Every variable is read here and nowhere else, so `docs/ARCHITECTURE.md`, the compose file and the
-tests can check one list. Errors name the variable and say what a valid value looks like.
+Every variable is declared once, in `VARIABLES`: its name, the `Settings` field it fills, its
+default, what a valid value looks like (the parser, which holds the range or the choices) and one
+line of description. That table drives `Settings.from_env` and renders the README's table of
+variables (`markdown_table()`, or `python -m streams.settings`; a unit test keeps the README in step).
+Errors name the variable and say what a valid value looks like; all of them are reported at once.
+The SASL password never appears in a message or in `repr`.
 """
 
 from __future__ import annotations
@@ -11,44 +15,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from streams.errors import ConfigError
 
 _BROKER_URL = re.compile(r"^kafka://[^:/;\s]+:\d{1,5}$")
-
-#: Every environment variable the service reads, with its default (None = required elsewhere).
-ENV_DEFAULTS: dict[str, str] = {
-    "STREAMS_BROKER": "kafka://127.0.0.1:9092",
-    "STREAMS_APP_ID": "llm-classify",
-    "STREAMS_TOPIC_PREFIX": "",
-    "STREAMS_PARTITIONS": "8",
-    "STREAMS_REPLICATION": "1",
-    "STREAMS_TASKS_FILE": "config/tasks.toml",
-    "STREAMS_MAX_IN_FLIGHT": "64",
-    "STREAMS_MAX_TEXT_CHARS": "20000",
-    "STREAMS_DEADLETTER_EXCERPT_BYTES": "4096",
-    "STREAMS_MODEL_TIMEOUT_S": "30",
-    "STREAMS_MODEL_MAX_RETRIES": "4",
-    "STREAMS_SESSION_TIMEOUT_S": "30",
-    "STREAMS_WEB_HOST": "127.0.0.1",
-    "STREAMS_WEB_PORT": "6066",
-    "STREAMS_DATA_DIR": "",
-    "STREAMS_SECURITY_PROTOCOL": "PLAINTEXT",
-    "STREAMS_SASL_MECHANISM": "",
-    "STREAMS_SASL_USERNAME": "",
-    "STREAMS_SASL_PASSWORD_FILE": "",
-    "STREAMS_SASL_PASSWORD": "",
-    "STREAMS_SSL_CAFILE": "",
-    "STREAMS_SSL_CERTFILE": "",
-    "STREAMS_SSL_KEYFILE": "",
-    # Operations (streams/ops): review queue bound, review-queue alerts, token prices for cost.
-    "STREAMS_REVIEW_QUEUE_MAX": "100000",
-    "STREAMS_REVIEW_ALERT_DEPTH": "0",
-    "STREAMS_REVIEW_ALERT_AGE_S": "0",
-    "STREAMS_ALERT_WEBHOOK_URL": "",
-    "STREAMS_TOKEN_PRICES": "",
-}
+_REFERENCE = re.compile(r"\{([A-Z0-9_]+)\}")
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -69,8 +41,319 @@ TOPIC_NAMES: dict[str, str] = {
 }
 
 
+# --------------------------------------------------------------------------- parsers
+
+
+class Invalid(ValueError):
+    """A value that does not parse; each message names the variable and says what to set."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+class Parser(Protocol):
+    """Turns the (stripped) text of one variable into its value, or raises `Invalid`."""
+
+    def __call__(self, name: str, text: str) -> Any: ...
+
+    @property
+    def valid(self) -> str:
+        """What a valid value looks like, for the README table."""
+        ...
+
+
+@dataclass(frozen=True)
+class Integer:
+    low: int
+    high: int
+
+    @property
+    def valid(self) -> str:
+        return f"a whole number in [{self.low}, {self.high}]"
+
+    def __call__(self, name: str, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise Invalid(f"{name}={text!r} is not an integer; set {self.valid}") from None
+        if not self.low <= value <= self.high:
+            raise Invalid(f"{name}={value} is out of range; set {self.valid}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number:
+    low: float
+    high: float
+
+    @property
+    def valid(self) -> str:
+        return f"a value in [{self.low}, {self.high}]"
+
+    def __call__(self, name: str, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise Invalid(f"{name}={text!r} is not a number; set {self.valid}") from None
+        if not self.low <= value <= self.high:  # also rejects nan
+            raise Invalid(f"{name}={value} is out of range; set {self.valid}")
+        return value
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string. `check` tests it and `want` says what a valid one looks like; `optional`: empty means None;
+    `nonempty`: empty is an error, and this is what to set instead."""
+
+    want: str = ""
+    check: Callable[[str], bool] | None = None
+    optional: bool = False
+    nonempty: str | None = None
+
+    @property
+    def valid(self) -> str:
+        return self.want or (f"not empty: {self.nonempty}" if self.nonempty else "any text")
+
+    def __call__(self, name: str, text: str) -> str | None:
+        if not text and self.nonempty:
+            raise Invalid(f"{name} is empty; set {self.nonempty}")
+        if not text and self.optional:
+            return None
+        if self.check is not None and not self.check(text):
+            raise Invalid(f"{name}={text!r} {self.want}")
+        return text
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few names, case-insensitive (stored upper-case); empty means None."""
+
+    choices: tuple[str, ...]
+
+    @property
+    def valid(self) -> str:
+        return f"one of {', '.join(self.choices)}"
+
+    def __call__(self, name: str, text: str) -> str | None:
+        value = text.upper()
+        if value and value not in self.choices:
+            raise Invalid(f"{name}={value!r} is not {self.valid}")
+        return value or None
+
+
+@dataclass(frozen=True)
+class PathValue:
+    @property
+    def valid(self) -> str:
+        return "a path"
+
+    def __call__(self, name: str, text: str) -> Path:
+        return Path(text)
+
+
+@dataclass(frozen=True)
+class PemFile:
+    """The path of an existing PEM file; empty means None."""
+
+    @property
+    def valid(self) -> str:
+        return "the path of a PEM file"
+
+    def __call__(self, name: str, text: str) -> Path | None:
+        if not text:
+            return None
+        if not Path(text).is_file():
+            raise Invalid(f"{name}={text!r} is not a readable file; give {self.valid}")
+        return Path(text)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret given directly (not stripped: spaces may be part of it). Never echoed."""
+
+    @property
+    def valid(self) -> str:
+        return "the secret itself (prefer a file)"
+
+    def __call__(self, name: str, text: str) -> str | None:
+        return text or None
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """The path of a UTF-8 file holding a secret; the value is the file's content less its final newline.
+    Only the path and "cannot be read"/"is empty" ever enter a message, never the content."""
+
+    @property
+    def valid(self) -> str:
+        return "the path of a readable UTF-8 file"
+
+    def __call__(self, name: str, text: str) -> str | None:
+        if not text:
+            return None
+        try:
+            secret = Path(text).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise Invalid(f"{name}={text!r} cannot be read ({reason}); "
+                          "point it at a readable UTF-8 file holding the password") from None
+        if not secret:
+            raise Invalid(f"{name}={text!r} is empty; write the password into it")
+        return secret
+
+
+@dataclass(frozen=True)
+class TokenPrices:
+    """`MODEL=PROMPT:COMPLETION,...` in USD per million tokens -> {model: (prompt, completion)}."""
+
+    @property
+    def valid(self) -> str:
+        return "`MODEL=PROMPT:COMPLETION`, comma-separated (USD per million tokens)"
+
+    def __call__(self, name: str, text: str) -> dict[str, tuple[float, float]]:
+        prices: dict[str, tuple[float, float]] = {}
+        problems: list[str] = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            model, _, pair = part.rpartition("=")
+            prompt, _, completion = pair.partition(":")
+            try:
+                price = (float(prompt), float(completion))
+            except ValueError:
+                price = (-1.0, -1.0)
+            if not model or not 0 <= price[0] < 1e6 or not 0 <= price[1] < 1e6:
+                problems.append(f"{name} entry {part!r} must look like MODEL=PROMPT:COMPLETION "
+                                "(USD per million tokens, e.g. gpt-4o-mini=0.15:0.6)")
+                continue
+            prices[model] = price
+        if problems:
+            raise Invalid(*problems)
+        return prices
+
+
+def _is_http_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Needs:
+    """A variable read only when another one (`on`) has one of `values`; setting it otherwise is an error."""
+
+    on: str
+    values: tuple[str, ...]
+    what: str  # what those values use, for messages: "SASL", "TLS"
+
+
+SASL = Needs("STREAMS_SECURITY_PROTOCOL", ("SASL_PLAINTEXT", "SASL_SSL"), "SASL")
+TLS = Needs("STREAMS_SECURITY_PROTOCOL", ("SSL", "SASL_SSL"), "TLS")
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: declared once, here."""
+
+    name: str  # the environment variable
+    field: str  # the Settings attribute it fills (two variables may fill one: the first set wins, not both)
+    default: str  # as written in the environment; `{OTHER_VARIABLE}` stands for that variable's value
+    parse: Parser  # type, range or choices, and what a valid value looks like
+    doc: str  # one line for the README
+    needs: Needs | None = None  # read only under this condition
+    required: str | None = None  # with `needs`: must be set then; says what is needed ("a user name")
+    blank_is_default: bool = False  # an empty value means the default (else it is parsed, and may be an error)
+    secret: bool = False  # not stripped and never echoed
+
+    def text(self, env: Mapping[str, str], earlier: Mapping[str, str]) -> str:
+        """The text to parse: the variable as set (stripped unless secret), else the default."""
+        raw = env.get(self.name)
+        if raw is not None and not self.secret:
+            raw = raw.strip()
+        if raw is None or (self.blank_is_default and not raw.strip()):
+            return _REFERENCE.sub(lambda m: earlier[m.group(1)], self.default)
+        return raw
+
+
+_SASL_MECHANISMS = ", ".join(SASL_MECHANISMS)
+
+#: Every environment variable the service reads, in the order the README lists them.
+VARIABLES: tuple[Var, ...] = (
+    Var("STREAMS_BROKER", "broker", "kafka://127.0.0.1:9092",
+        Text("must look like kafka://host:port (several separated by ';')",
+             lambda s: all(_BROKER_URL.match(u) for u in s.split(";"))),
+        "the Kafka brokers"),
+    Var("STREAMS_APP_ID", "app_id", "llm-classify",
+        Text(nonempty="a consumer-group/app name such as llm-classify"),
+        "Faust app id / consumer group"),
+    Var("STREAMS_TOPIC_PREFIX", "topic_prefix", "",
+        Text("may contain only letters, digits, '.', '_' and '-'",
+             lambda s: all(c.isalnum() or c in "._-" for c in s)),
+        "prefix for every topic name"),
+    Var("STREAMS_PARTITIONS", "partitions", "8", Integer(1, 1024),
+        "partitions of the topics the worker creates at start"),
+    Var("STREAMS_REPLICATION", "replication", "1", Integer(1, 16), "replication factor of the topics it creates"),
+    Var("STREAMS_TASKS_FILE", "tasks_file", "config/tasks.toml", PathValue(), "the task file"),
+    Var("STREAMS_MAX_IN_FLIGHT", "max_in_flight", "64", Integer(1, 100_000), "model calls in flight per worker"),
+    Var("STREAMS_MAX_TEXT_CHARS", "max_text_chars", "20000", Integer(1, 10_000_000),
+        "longer texts are dead-lettered (`text_too_long`)"),
+    Var("STREAMS_DEADLETTER_EXCERPT_BYTES", "deadletter_excerpt_bytes", "4096", Integer(0, 1_000_000),
+        "original bytes kept in a dead letter"),
+    Var("STREAMS_MODEL_TIMEOUT_S", "model_timeout_s", "30", Number(0.1, 3600), "seconds per model call"),
+    Var("STREAMS_MODEL_MAX_RETRIES", "model_max_retries", "4", Integer(0, 20),
+        "retries per model call; they back off exponentially and honour Retry-After"),
+    Var("STREAMS_SESSION_TIMEOUT_S", "session_timeout_s", "30", Number(1, 600), "consumer session timeout (seconds)"),
+    Var("STREAMS_WEB_HOST", "web_host", "127.0.0.1", Text(), "Faust web server address (loopback by default)"),
+    Var("STREAMS_WEB_PORT", "web_port", "6066", Integer(0, 65535), "Faust web server port"),
+    Var("STREAMS_DATA_DIR", "data_dir", ".{STREAMS_APP_ID}-data", PathValue(), "Faust's local state",
+        blank_is_default=True),
+    # Kafka security (streams/kafka_security.py turns these into client options).
+    Var("STREAMS_SECURITY_PROTOCOL", "security_protocol", "PLAINTEXT", Choice(SECURITY_PROTOCOLS),
+        "how clients talk to the brokers", blank_is_default=True),
+    Var("STREAMS_SASL_MECHANISM", "sasl_mechanism", "", Choice(SASL_MECHANISMS), "SASL mechanism",
+        needs=SASL, required=f"one of {_SASL_MECHANISMS}"),
+    Var("STREAMS_SASL_USERNAME", "sasl_username", "", Text(optional=True), "SASL user name",
+        needs=SASL, required="a user name"),
+    Var("STREAMS_SASL_PASSWORD_FILE", "sasl_password", "", SecretFile(), "secrets file holding the SASL password",
+        needs=SASL, required="the password in a secrets file"),
+    Var("STREAMS_SASL_PASSWORD", "sasl_password", "", Secret(),
+        "the SASL password itself, if there is no secrets file", needs=SASL, secret=True),
+    Var("STREAMS_SSL_CAFILE", "ssl_cafile", "", PemFile(), "CA certificates to trust (default: the system's)",
+        needs=TLS),
+    Var("STREAMS_SSL_CERTFILE", "ssl_certfile", "", PemFile(), "client certificate", needs=TLS),
+    Var("STREAMS_SSL_KEYFILE", "ssl_keyfile", "", PemFile(), "client key (needs `STREAMS_SSL_CERTFILE`)", needs=TLS),
+    # Operations (streams/ops).
+    Var("STREAMS_REVIEW_QUEUE_MAX", "review_queue_max", "100000", Integer(1, 10_000_000),
+        "pending review items each worker holds for `/review/` and the queue gauges"),
+    Var("STREAMS_REVIEW_ALERT_DEPTH", "review_alert_depth", "0", Integer(0, 100_000_000),
+        "alert when a task's review queue holds more items (0 = off)"),
+    Var("STREAMS_REVIEW_ALERT_AGE_S", "review_alert_age_s", "0", Number(0, 365 * 86400.0),
+        "alert when a task's oldest review item is older, in seconds (0 = off)"),
+    Var("STREAMS_ALERT_WEBHOOK_URL", "alert_webhook_url", "",
+        Text("must start with http:// or https://", _is_http_url, optional=True),
+        "receives review-queue and drift alerts (JSON POST, retried)"),
+    Var("STREAMS_TOKEN_PRICES", "token_prices", "", TokenPrices(), "token prices by model, for the cost metric"),
+)
+
+
+def _resolved_defaults() -> dict[str, str]:
+    defaults: dict[str, str] = {}
+    for var in VARIABLES:
+        defaults[var.name] = var.text({}, defaults)
+    return defaults
+
+
+#: The environment that gives every default (`{OTHER}` references resolved), by variable name.
+ENV_DEFAULTS: dict[str, str] = _resolved_defaults()
+
+
+# --------------------------------------------------------------------------- settings
+
+
 @dataclass(frozen=True)
 class Settings:
+    """The parsed environment. Build it with `Settings.from_env(...)` (a mapping in tests)."""
+
     broker: str
     app_id: str
     topic_prefix: str
@@ -86,23 +369,20 @@ class Settings:
     web_host: str
     web_port: int
     data_dir: Path
-    topics: dict[str, str] = field(default_factory=dict)
-    # Kafka security (streams/kafka_security.py turns these into client options).
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
+    topics: dict[str, str]  # logical name -> topic name with the prefix
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
     #: Read from STREAMS_SASL_PASSWORD_FILE (or STREAMS_SASL_PASSWORD) at start; never in repr or errors.
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    # Operations (streams/ops): pending review items held in memory, review-queue alert thresholds
-    # (0 = off), the webhook for review-queue alerts, and USD per million prompt/completion tokens by model.
-    review_queue_max: int = 100_000
-    review_alert_depth: int = 0
-    review_alert_age_s: float = 0.0
-    alert_webhook_url: str | None = None
-    token_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    sasl_password: str | None = field(repr=False)
+    ssl_cafile: Path | None
+    ssl_certfile: Path | None
+    ssl_keyfile: Path | None
+    review_queue_max: int
+    review_alert_depth: int
+    review_alert_age_s: float
+    alert_webhook_url: str | None
+    token_prices: dict[str, tuple[float, float]]  # model -> USD per million prompt, completion tokens
 
     def topic(self, logical: str) -> str:
         return self.topics[logical]
@@ -114,158 +394,94 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse `env` (default: os.environ) by `VARIABLES`; raise ConfigError listing every problem."""
         env = os.environ if env is None else env
-        problems: list[str] = []
-
-        def get(name: str) -> str:
-            return env.get(name, ENV_DEFAULTS[name]).strip()
-
-        def bounded(name: str, cast: type, low: float, high: float) -> Any:
-            raw = get(name)
-            want = f"a whole number in [{low}, {high}]" if cast is int else f"a value in [{low}, {high}]"
-            try:
-                value = cast(raw)
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not {'an integer' if cast is int else 'a number'}; set {want}")
-                return cast(low)
-            if not low <= value <= high:
-                problems.append(f"{name}={value} is out of range; set {want}")
-            return value
-
-        def integer(name: str, low: int, high: int) -> int:
-            return bounded(name, int, low, high)
-
-        def number(name: str, low: float, high: float) -> float:
-            return bounded(name, float, low, high)
-
-        broker = get("STREAMS_BROKER")
-        if not all(_BROKER_URL.match(u) for u in broker.split(";")):
-            problems.append(
-                f"STREAMS_BROKER={broker!r} must look like kafka://host:port (several separated by ';')"
-            )
-        app_id = get("STREAMS_APP_ID")
-        if not app_id:
-            problems.append("STREAMS_APP_ID is empty; set a consumer-group/app name such as llm-classify")
-        prefix = get("STREAMS_TOPIC_PREFIX")
-        if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
-            problems.append(f"STREAMS_TOPIC_PREFIX={prefix!r} may contain only letters, digits, '.', '_' and '-'")
-        data_dir_raw = get("STREAMS_DATA_DIR")
-        settings = cls(
-            broker=broker,
-            app_id=app_id,
-            topic_prefix=prefix,
-            partitions=integer("STREAMS_PARTITIONS", 1, 1024),
-            replication=integer("STREAMS_REPLICATION", 1, 16),
-            tasks_file=Path(get("STREAMS_TASKS_FILE")),
-            max_in_flight=integer("STREAMS_MAX_IN_FLIGHT", 1, 100_000),
-            max_text_chars=integer("STREAMS_MAX_TEXT_CHARS", 1, 10_000_000),
-            deadletter_excerpt_bytes=integer("STREAMS_DEADLETTER_EXCERPT_BYTES", 0, 1_000_000),
-            model_timeout_s=number("STREAMS_MODEL_TIMEOUT_S", 0.1, 3600),
-            model_max_retries=integer("STREAMS_MODEL_MAX_RETRIES", 0, 20),
-            session_timeout_s=number("STREAMS_SESSION_TIMEOUT_S", 1, 600),
-            web_host=get("STREAMS_WEB_HOST"),
-            web_port=integer("STREAMS_WEB_PORT", 0, 65535),
-            data_dir=Path(data_dir_raw) if data_dir_raw else Path(f".{app_id}-data"),
-            topics={k: f"{prefix}{v}" for k, v in TOPIC_NAMES.items()},
-            **_security(env, get, problems),
-            **_operations(get, integer, number, problems),
-        )
+        fields, problems = _parse(env)
         if problems:
             raise ConfigError("environment", problems)
-        return settings
+        topics = {k: f"{fields['topic_prefix']}{v}" for k, v in TOPIC_NAMES.items()}
+        return cls(**fields, topics=topics)
 
 
-def _operations(get: Callable[[str], str], integer: Callable[[str, int, int], int],
-                number: Callable[[str, float, float], float], problems: list[str]) -> dict[str, Any]:
-    """Review-queue bound and alerts, alert webhook, token prices (streams/ops)."""
-    webhook = get("STREAMS_ALERT_WEBHOOK_URL") or None
-    if webhook and not webhook.startswith(("http://", "https://")):
-        problems.append(f"STREAMS_ALERT_WEBHOOK_URL={webhook!r} must start with http:// or https://")
-    prices: dict[str, tuple[float, float]] = {}
-    raw = get("STREAMS_TOKEN_PRICES")
-    for part in filter(None, (p.strip() for p in raw.split(","))):
-        model, _, pair = part.rpartition("=")
-        prompt, _, completion = pair.partition(":")
+def _is_set(env: Mapping[str, str], name: str) -> bool:
+    return bool(env.get(name, "").strip())
+
+
+def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Field values by Settings field, and the problems (empty when all is well)."""
+    problems: list[str] = []
+    texts: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    given: set[str] = set()  # set in env to something not blank, and read
+    for var in VARIABLES:
+        text = texts[var.name] = var.text(env, texts)
+        values[var.name] = None
+        on = values[var.needs.on] if var.needs is not None else None
+        if var.needs is not None and on is not None and on not in var.needs.values:
+            if _is_set(env, var.name):
+                problems.append(f"{var.name} is set but {var.needs.on}={on} does not use {var.needs.what}; "
+                                f"set {' or '.join(var.needs.values)}, or unset it")
+            continue  # (when `on` itself is wrong, it is reported, and this value is still checked)
+        if _is_set(env, var.name):
+            given.add(var.name)
+            if any(_is_set(env, v.name) for v in _by_field()[var.field] if v is not var):
+                continue  # two ways to give one value: reported below, neither is read
         try:
-            price = (float(prompt), float(completion))
-        except ValueError:
-            price = (-1.0, -1.0)
-        if not model or not 0 <= price[0] < 1e6 or not 0 <= price[1] < 1e6:
-            problems.append(f"STREAMS_TOKEN_PRICES entry {part!r} must look like MODEL=PROMPT:COMPLETION "
-                            "(USD per million tokens, e.g. gpt-4o-mini=0.15:0.6)")
-            continue
-        prices[model] = price
-    return {
-        "review_queue_max": integer("STREAMS_REVIEW_QUEUE_MAX", 1, 10_000_000),
-        "review_alert_depth": integer("STREAMS_REVIEW_ALERT_DEPTH", 0, 100_000_000),
-        "review_alert_age_s": number("STREAMS_REVIEW_ALERT_AGE_S", 0, 365 * 86400.0),
-        "alert_webhook_url": webhook,
-        "token_prices": prices,
-    }
+            values[var.name] = var.parse(var.name, text)
+        except Invalid as bad:
+            problems.extend(bad.problems)
 
-
-def _security(env: Mapping[str, str], get: Callable[[str], str], problems: list[str]) -> dict[str, Any]:
-    """The Kafka security settings. The password's value never enters a message: only "set"/"not set"."""
-    protocol = get("STREAMS_SECURITY_PROTOCOL").upper() or "PLAINTEXT"
-    if protocol not in SECURITY_PROTOCOLS:
-        problems.append(f"STREAMS_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
-    sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
-
-    mechanism = get("STREAMS_SASL_MECHANISM").upper() or None
-    username = get("STREAMS_SASL_USERNAME") or None
-    password_file = get("STREAMS_SASL_PASSWORD_FILE") or None
-    password_env = env.get("STREAMS_SASL_PASSWORD", "")  # not stripped: spaces may be part of it
-    password: str | None = None
-    if sasl:
-        if mechanism is None:
-            problems.append(f"STREAMS_SASL_MECHANISM is not set; {protocol} needs one of {', '.join(SASL_MECHANISMS)}")
-        elif mechanism not in SASL_MECHANISMS:
-            problems.append(f"STREAMS_SASL_MECHANISM={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}")
-        if username is None:
-            problems.append(f"STREAMS_SASL_USERNAME is not set; {protocol} needs a user name")
-        if password_file and password_env:
-            problems.append("STREAMS_SASL_PASSWORD_FILE and STREAMS_SASL_PASSWORD are both set; "
-                            "keep only STREAMS_SASL_PASSWORD_FILE")
-        elif password_file:
-            try:
-                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n") or None
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                problems.append(f"STREAMS_SASL_PASSWORD_FILE={password_file!r} cannot be read ({reason}); "
-                                "point it at a readable UTF-8 file holding the password")
-            else:
-                if password is None:
-                    problems.append(f"STREAMS_SASL_PASSWORD_FILE={password_file!r} is empty; "
-                                    "write the password into it")
-        elif password_env:
-            password = password_env
-        else:
-            problems.append("STREAMS_SASL_PASSWORD_FILE is not set (STREAMS_SASL_PASSWORD is not set either); "
-                            f"{protocol} needs the password in a secrets file")
-    elif protocol in SECURITY_PROTOCOLS:
-        unused = [n for n in ("STREAMS_SASL_MECHANISM", "STREAMS_SASL_USERNAME", "STREAMS_SASL_PASSWORD_FILE",
-                              "STREAMS_SASL_PASSWORD") if env.get(n, "").strip()]
-        for name in unused:
-            problems.append(f"{name} is set but STREAMS_SECURITY_PROTOCOL={protocol} does not use SASL; "
-                            "set SASL_PLAINTEXT or SASL_SSL, or unset it")
-
-    files: dict[str, Path | None] = {}
-    for name in ("STREAMS_SSL_CAFILE", "STREAMS_SSL_CERTFILE", "STREAMS_SSL_KEYFILE"):
-        raw = get(name)
-        files[name] = Path(raw) if raw else None
-        if raw and not tls and protocol in SECURITY_PROTOCOLS:
-            problems.append(f"{name} is set but STREAMS_SECURITY_PROTOCOL={protocol} does not use TLS; "
-                            "set SSL or SASL_SSL, or unset it")
-        elif raw and not Path(raw).is_file():
-            problems.append(f"{name}={raw!r} is not a readable file; give the path of a PEM file")
-    if files["STREAMS_SSL_KEYFILE"] and not files["STREAMS_SSL_CERTFILE"]:
+    fields: dict[str, Any] = {}
+    for name, group in _by_field().items():
+        chosen = [v for v in group if v.name in given]
+        if len(chosen) > 1:
+            problems.append(f"{' and '.join(v.name for v in chosen)} are both set; keep only {chosen[0].name}")
+        first = chosen[0] if chosen else group[0]
+        fields[name] = values[first.name]
+        needs = first.needs
+        if not chosen and first.required and (needs is None or values[needs.on] in needs.values):
+            others = "".join(f" ({v.name} is not set either)" for v in group[1:])
+            who = values[needs.on] if needs else "the service"
+            problems.append(f"{first.name} is not set{others}; {who} needs {first.required}")
+    if _is_set(env, "STREAMS_SSL_KEYFILE") and not _is_set(env, "STREAMS_SSL_CERTFILE"):
         problems.append("STREAMS_SSL_KEYFILE is set without STREAMS_SSL_CERTFILE; a client key needs its certificate")
-    return {
-        "security_protocol": protocol,
-        "sasl_mechanism": mechanism,
-        "sasl_username": username,
-        "sasl_password": password,
-        "ssl_cafile": files["STREAMS_SSL_CAFILE"],
-        "ssl_certfile": files["STREAMS_SSL_CERTFILE"],
-        "ssl_keyfile": files["STREAMS_SSL_KEYFILE"],
-    }
+    return fields, problems
+
+
+def _by_field() -> dict[str, list[Var]]:
+    groups: dict[str, list[Var]] = {}
+    for var in VARIABLES:
+        groups.setdefault(var.field, []).append(var)
+    return groups
+
+
+# --------------------------------------------------------------------------- README table
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _default_cell(var: Var) -> str:
+    if not var.default:
+        return "(not set)"
+    return "`" + _REFERENCE.sub(r"<\1>", var.default) + "`"
+
+
+def _meaning_cell(var: Var) -> str:
+    if var.needs is None:
+        return var.doc
+    when = f"read only when `{var.needs.on}` is {' or '.join(var.needs.values)}"
+    return f"{var.doc}; {when}" + (", and then required" if var.required else "")
+
+
+def markdown_table() -> str:
+    """The README's table of environment variables, rendered from `VARIABLES`."""
+    rows = ["| variable | default | valid values | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{v.name}` | {_cell(_default_cell(v))} | {_cell(v.parse.valid)} | {_cell(_meaning_cell(v))} |"
+             for v in VARIABLES]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -3,6 +3,10 @@
 A task file is TOML with one `[[task]]` table per task. String values may reference environment
 variables as `${NAME}` or `${NAME:-default}` so one file serves a laptop and a cluster. Every
 problem is reported with the path of the field to fix, all at once.
+
+Each default is declared once, on the dataclasses below (`Task`, `ModelEndpoint`, the policies);
+the parser reads it from there (`_default`, or a default-constructed policy). The allowed ranges
+live with the parsing, one function per section of `[[task]]`.
 """
 
 from __future__ import annotations
@@ -11,21 +15,28 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+from streams.calibration.calibrators import DEFAULT_METHODS
+from streams.confidence.names import ENSEMBLE, FIRST_TOKEN, MEMBER_METHODS, METHOD_NAMES
 from streams.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_HTTP = ("http://", "https://")
 TEXT_PLACEHOLDER = "{text}"
-CALIBRATION_METHODS = ("identity", "temperature", "vector", "isotonic", "histogram", "label_bias")
 DEFAULT_TEMPLATE = (
     "Classify the text between the markers. Answer with one label only.\n"
     "<<<TEXT\n{text}\nTEXT>>>\nLabel:"
 )
+#: Re-exported for callers that list the methods (the names live in streams.confidence.names).
+CONFIDENCE_METHODS = METHOD_NAMES
+STOPPING_RULES = ("posterior", "confidence_sequence")
+POOLINGS = ("mean", "loglinear")
+LENGTH_NORMALIZATIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -36,9 +47,9 @@ class Example:
 
 @dataclass(frozen=True)
 class Prompt:
-    system: str
-    template: str
-    examples: tuple[Example, ...]
+    system: str = ""
+    template: str = DEFAULT_TEMPLATE
+    examples: tuple[Example, ...] = ()
 
     def render(self, text: str) -> str:
         # str.replace, not str.format: braces in user text must stay literal.
@@ -60,9 +71,9 @@ class Prompt:
 class ModelEndpoint:
     base_url: str
     name: str
-    api_key_env: str | None
-    top_logprobs: int
-    temperature: float
+    api_key_env: str | None = None
+    top_logprobs: int = 20
+    temperature: float = 0.0
 
     def api_key(self, env: Mapping[str, str] | None = None) -> str:
         """The key, read from the environment at call time; never stored in config objects or logs."""
@@ -76,38 +87,35 @@ class ModelEndpoint:
 class CalibrationPolicy:
     """When and how the feedback loop refits this task's calibrator."""
 
-    refit_every: int  # new reviewer labels between refits
-    min_examples: int  # no refit below this many labelled examples in total
-    holdout_fraction: float  # share of labels kept out of the fit to decide whether to publish
-    methods: tuple[str, ...]  # candidates for cross-validated selection
+    refit_every: int = 200  # new reviewer labels between refits
+    min_examples: int = 100  # no refit below this many labelled examples in total
+    holdout_fraction: float = 0.3  # share of labels kept out of the fit to decide whether to publish
+    methods: tuple[str, ...] = DEFAULT_METHODS  # candidates for cross-validated selection
 
 
 @dataclass(frozen=True)
 class DriftPolicy:
     """Windows, tests and canaries for this task's drift alerts."""
 
-    window_s: float  # tumbling window length (the unit of verdicts)
-    hop_s: float  # step of the hopping windows kept alongside (smoother view for operators)
-    alpha: float  # family-wise false-alarm level per window (G-tests, Holm over families)
-    min_effect: float  # smallest JS divergence (bits) worth an alert, whatever the p-value
-    confirm_windows: int  # consecutive drifted windows before an episode opens
-    clear_windows: int  # consecutive clean windows before it recovers
-    canaries: tuple[str, ...]  # fixed prompts re-run to tell model drift from data drift
-    canary_repeats: int
-    canary_interval_s: float
-    canary_min_effect: float  # nats of token-wise KL
-    webhook_url: str | None
-
-
-CONFIDENCE_METHODS = ("first_token_logprobs", "sequence_scores", "self_consistency", "verbalized", "ensemble")
-STOPPING_RULES = ("posterior", "confidence_sequence")
-POOLINGS = ("mean", "loglinear")
-LENGTH_NORMALIZATIONS = ("sum", "mean")
+    window_s: float = 300.0  # tumbling window length (the unit of verdicts)
+    hop_s: float = window_s / 2  # step of the hopping windows kept alongside (smoother view for operators)
+    alpha: float = 5e-4  # family-wise false-alarm level per window (G-tests, Holm over families)
+    min_effect: float = 0.005  # smallest JS divergence (bits) worth an alert, whatever the p-value
+    confirm_windows: int = 1  # consecutive drifted windows before an episode opens
+    clear_windows: int = 3  # consecutive clean windows before it recovers
+    canaries: tuple[str, ...] = ()  # fixed prompts re-run to tell model drift from data drift
+    canary_repeats: int = 3
+    canary_interval_s: float = 300.0
+    canary_min_effect: float = 0.02  # nats of token-wise KL
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
 class SelfConsistencyPolicy:
-    """Adaptive self-consistency: sample until the majority label is settled (streams/confidence/self_consistency.py)."""
+    """Adaptive self-consistency: sample until the majority label is settled.
+
+    See streams/confidence/self_consistency.py.
+    """
 
     rule: str = "posterior"  # or "confidence_sequence" (frequentist, anytime-valid, more samples)
     error_rate: float = 0.05  # allowed rate of stopping on the wrong majority
@@ -123,16 +131,16 @@ class SelfConsistencyPolicy:
 class EnsembleMember:
     method: str
     model: ModelEndpoint | None  # None: the task's own model
-    weight: float
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
 class ConfidencePolicy:
     """How the raw confidence is obtained: the first method in `methods` the endpoint supports."""
 
-    methods: tuple[str, ...] = ("first_token_logprobs",)
+    methods: tuple[str, ...] = (FIRST_TOKEN,)
     length_normalization: str = "sum"  # sequence_scores: "sum" (a probability) or "mean" (per token)
-    self_consistency: SelfConsistencyPolicy = SelfConsistencyPolicy()
+    self_consistency: SelfConsistencyPolicy = field(default_factory=SelfConsistencyPolicy)
     verbalized_instruction: str | None = None  # None: streams.confidence.verbalized.DEFAULT_INSTRUCTION
     verbalized_max_tokens: int = 16
     ensemble_members: tuple[EnsembleMember, ...] = ()
@@ -145,16 +153,16 @@ class Task:
     labels: tuple[str, ...]
     prompt: Prompt
     model: ModelEndpoint
-    review_threshold: float
-    min_label_mass: float
+    review_threshold: float = 0.8
+    min_label_mass: float = 0.5
     #: Risk-controlled routing: target error rate on auto-accepted items, and the probability that
     #: the chosen threshold misses it. When set, the threshold comes from labelled data, not the file.
     target_error: float | None = None
     failure_probability: float = 0.1
     audit_rate: float = 0.0
-    calibration: CalibrationPolicy = CalibrationPolicy(200, 100, 0.3, CALIBRATION_METHODS)
-    drift: DriftPolicy = DriftPolicy(300.0, 150.0, 5e-4, 0.005, 1, 3, (), 3, 300.0, 0.02, None)
-    confidence: ConfidencePolicy = ConfidencePolicy()
+    calibration: CalibrationPolicy = field(default_factory=CalibrationPolicy)
+    drift: DriftPolicy = field(default_factory=DriftPolicy)
+    confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,18 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default the dataclass `cls` declares for its field `name`: the one place it is written."""
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            raise TypeError(f"{cls.__name__}.{name} has no default")
+    raise AttributeError(f"{cls.__name__} has no field {name!r}")
 
 
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
@@ -196,243 +216,289 @@ class _Reader:
     def __init__(self, table: Mapping[str, Any], path: str, problems: list[str]) -> None:
         self.table, self.path, self.problems = table, path, problems
 
+    def problem(self, key: str, message: str) -> None:
+        """Record `message` against the field `key` of this table ("" for the table itself)."""
+        self.problems.append(f"{self.path}.{key}: {message}" if key else f"{self.path}: {message}")
+
     def _get(self, key: str, kind: type | tuple[type, ...], kind_name: str, default: Any, required: bool) -> Any:
         if key not in self.table:
             if required:
-                self.problems.append(f"{self.path}.{key}: missing; add a {kind_name}")
+                self.problem(key, f"missing; add a {kind_name}")
             return default
         value = self.table[key]
         if isinstance(value, bool) and kind is not bool:
             value = None  # TOML booleans are not numbers here
         if not isinstance(value, kind):
-            self.problems.append(f"{self.path}.{key}: expected a {kind_name}, got {type(self.table[key]).__name__}")
+            self.problem(key, f"expected a {kind_name}, got {type(self.table[key]).__name__}")
             return default
         return value
 
     def string(self, key: str, default: str = "", required: bool = False) -> str:
-        return self._get(key, str, "string", default, required)
+        value: str = self._get(key, str, "string", default, required)
+        return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
         value = float(self._get(key, (int, float), "number", default, False))
         if not low <= value <= high:
-            self.problems.append(f"{self.path}.{key}: {value} is out of range; use a number in [{low}, {high}]")
+            self.problem(key, f"{value} is out of range; use a number in [{low}, {high}]")
         return value
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self._get(key, int, "integer", default, False)
+        value: int = self._get(key, int, "integer", default, False)
         if not low <= value <= high:
-            self.problems.append(f"{self.path}.{key}: {value} is out of range; use an integer in [{low}, {high}]")
+            self.problem(key, f"{value} is out of range; use an integer in [{low}, {high}]")
+        return value
+
+    def url(self, key: str, default: str = "", required: bool = False) -> str:
+        """An http(s) URL; "" when absent and not required."""
+        value = self.string(key, default, required)
+        if value and not value.startswith(_HTTP):
+            self.problem(key, f"{value!r} must start with http:// or https://")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            self.problem(key, f"{value!r}; use one of {list(choices)}")
         return value
 
     def table_at(self, key: str, required: bool = False) -> _Reader:
         return _Reader(self._get(key, dict, "table", {}, required), f"{self.path}.{key}", self.problems)
 
-    def list_at(self, key: str) -> list[Any]:
-        return self._get(key, list, "list", [], False)
+    def list_at(self, key: str, required: bool = False, kind_name: str = "list") -> list[Any]:
+        value: list[Any] = self._get(key, list, kind_name, [], required)
+        return value
+
+
+# --------------------------------------------------------------------------- one function per section
 
 
 def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Mapping[str, str]) -> Task | None:
     r = _Reader(raw, path, problems)
     name = r.string("name", required=True)
     if name and not _NAME.match(name):
-        problems.append(f"{path}.name: {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    labels_raw = r._get("labels", list, "list of strings", [], True)
+        r.problem("name", f"{name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    labels = _parse_labels(r)
+    prompt = _parse_prompt(r.table_at("prompt"), labels)
+    model = _parse_model(r.table_at("model", required=True), env)
+    routing = _parse_routing(r.table_at("routing"))
+    calibration = _parse_calibration(r.table_at("calibration"))
+    drift = _parse_drift(r.table_at("drift"))
+    confidence = _parse_confidence(r.table_at("confidence"), model, env)
+    if not name or not labels:
+        return None
+    return Task(name=name, labels=labels, prompt=prompt, model=model, calibration=calibration, drift=drift,
+                confidence=confidence, **routing)
+
+
+def _parse_labels(r: _Reader) -> tuple[str, ...]:
+    """`labels`: at least two non-empty strings that differ ignoring case and do not prefix one another."""
+    raw = r.list_at("labels", required=True, kind_name="list of strings")
     labels: list[str] = []
-    for i, label in enumerate(labels_raw):
+    for i, label in enumerate(raw):
         if not isinstance(label, str) or not label.strip():
-            problems.append(f"{path}.labels[{i}]: must be a non-empty string")
+            r.problem(f"labels[{i}]", "must be a non-empty string")
         else:
             labels.append(label)
-    if labels_raw and len(labels) < 2:
-        problems.append(f"{path}.labels: a task needs at least two labels")
+    if raw and len(labels) < 2:
+        r.problem("labels", "a task needs at least two labels")
     folded = [lbl.strip().casefold() for lbl in labels]
     if len(set(folded)) != len(folded):
-        problems.append(f"{path}.labels: labels must differ ignoring case and surrounding spaces")
+        r.problem("labels", "labels must differ ignoring case and surrounding spaces")
     for i, a in enumerate(folded):
         for b in folded[i + 1:]:
             if a != b and (a.startswith(b) or b.startswith(a)):
-                problems.append(
-                    f"{path}.labels: {a!r} and {b!r} share a prefix, so a first token cannot tell them apart; rename one"
-                )
+                r.problem("labels", f"{a!r} and {b!r} share a prefix, so a first token cannot tell them apart; "
+                                    "rename one")
+    return tuple(labels)
 
-    pr = r.table_at("prompt")
-    template = pr.string("template", DEFAULT_TEMPLATE)
+
+def _parse_prompt(pr: _Reader, labels: tuple[str, ...]) -> Prompt:
+    """[task.prompt]: template (with {text} once), few-shot examples labelled with the task's labels, system."""
+    template = pr.string("template", _default(Prompt, "template"))
     if template.count(TEXT_PLACEHOLDER) != 1:
-        problems.append(f"{path}.prompt.template: must contain the placeholder {{text}} exactly once")
+        pr.problem("template", "must contain the placeholder {text} exactly once")
     examples: list[Example] = []
     for i, ex in enumerate(pr.list_at("examples")):
-        ex_path = f"{path}.prompt.examples[{i}]"
         if not isinstance(ex, dict):
-            problems.append(f"{ex_path}: expected a table with text and label")
+            pr.problem(f"examples[{i}]", "expected a table with text and label")
             continue
-        er = _Reader(ex, ex_path, problems)
+        er = _Reader(ex, f"{pr.path}.examples[{i}]", pr.problems)
         text, label = er.string("text", required=True), er.string("label", required=True)
         if label and labels and label not in labels:
-            problems.append(f"{ex_path}.label: {label!r} is not one of the task's labels {labels}")
+            er.problem("label", f"{label!r} is not one of the task's labels {list(labels)}")
         examples.append(Example(text=text, label=label))
+    return Prompt(system=pr.string("system", _default(Prompt, "system")), template=template,
+                  examples=tuple(examples))
 
-    mr = r.table_at("model", required=True)
-    base_url = mr.string("base_url", required=True)
-    if base_url and not base_url.startswith(("http://", "https://")):
-        problems.append(f"{path}.model.base_url: {base_url!r} must start with http:// or https://")
-    model_name = mr.string("name", required=True)
-    api_key_env = mr.string("api_key_env") or None
+
+def _parse_model(mr: _Reader, env: Mapping[str, str]) -> ModelEndpoint:
+    """[task.model]: the endpoint. The API key is only ever named (api_key_env), never written."""
+    base_url = mr.url("base_url", required=True)
+    name = mr.string("name", required=True)
+    api_key_env = mr.string("api_key_env") or _default(ModelEndpoint, "api_key_env")
     if api_key_env is not None and not _ENV_NAME.match(api_key_env):
-        problems.append(f"{path}.model.api_key_env: must be the NAME of an environment variable (letters, digits, _), "
-                        "not the key itself")  # the value is not echoed: it may be a pasted key
+        # The value is not echoed: it may be a pasted key.
+        mr.problem("api_key_env", "must be the NAME of an environment variable (letters, digits, _), "
+                                  "not the key itself")
         api_key_env = None
     elif api_key_env is not None and api_key_env not in env:
-        problems.append(
-            f"{path}.model.api_key_env: environment variable {api_key_env} is not set; export it (the key is never read from the task file)"
-        )
+        mr.problem("api_key_env", f"environment variable {api_key_env} is not set; export it "
+                                  "(the key is never read from the task file)")
     if "api_key" in mr.table:
-        problems.append(f"{path}.model.api_key: keys must not be written in the task file; use api_key_env")
-    top_logprobs = mr.integer("top_logprobs", 20, 1, 20)
-    temperature = mr.number("temperature", 0.0, 0.0, 2.0)
+        mr.problem("api_key", "keys must not be written in the task file; use api_key_env")
+    return ModelEndpoint(base_url=base_url, name=name, api_key_env=api_key_env, **_sampling(mr))
 
-    rr = r.table_at("routing")
-    review_threshold = rr.number("review_threshold", 0.8, 0.0, 1.0)
-    min_label_mass = rr.number("min_label_mass", 0.5, 0.0, 1.0)
-    target_error = rr.number("target_error", 0.0, 0.0, 0.5) if "target_error" in rr.table else None
-    if target_error is not None and target_error <= 0:
-        problems.append(f"{path}.routing.target_error: must be above 0 (e.g. 0.02 for 2%)")
-    if target_error is not None and "review_threshold" in rr.table:
-        problems.append(f"{path}.routing: set review_threshold or target_error, not both")
-    failure_probability = rr.number("failure_probability", 0.1, 0.001, 0.5)
-    audit_rate = rr.number("audit_rate", 0.0, 0.0, 1.0)
 
-    cr = r.table_at("calibration")
-    methods_raw = cr.list_at("methods") or list(CALIBRATION_METHODS)
-    for m in methods_raw:
-        if m not in CALIBRATION_METHODS:
-            problems.append(f"{path}.calibration.methods: unknown method {m!r}; choose from {list(CALIBRATION_METHODS)}")
-    policy = CalibrationPolicy(
-        refit_every=cr.integer("refit_every", 200, 1, 10_000_000),
-        min_examples=cr.integer("min_examples", 100, 10, 10_000_000),
-        holdout_fraction=cr.number("holdout_fraction", 0.3, 0.05, 0.9),
-        methods=tuple(m for m in methods_raw if m in CALIBRATION_METHODS),
+class _Sampling(TypedDict):
+    top_logprobs: int
+    temperature: float
+
+
+def _sampling(mr: _Reader) -> _Sampling:
+    """top_logprobs and temperature of a model table (the task's, or an ensemble member's)."""
+    return {"top_logprobs": mr.integer("top_logprobs", _default(ModelEndpoint, "top_logprobs"), 1, 20),
+            "temperature": mr.number("temperature", _default(ModelEndpoint, "temperature"), 0.0, 2.0)}
+
+
+class _Routing(TypedDict):
+    review_threshold: float
+    min_label_mass: float
+    target_error: float | None
+    failure_probability: float
+    audit_rate: float
+
+
+def _parse_routing(rr: _Reader) -> _Routing:
+    """[task.routing]: a fixed review threshold, or a target error rate that derives it from labelled data."""
+    review_threshold = rr.number("review_threshold", _default(Task, "review_threshold"), 0.0, 1.0)
+    min_label_mass = rr.number("min_label_mass", _default(Task, "min_label_mass"), 0.0, 1.0)
+    target_error: float | None = _default(Task, "target_error")
+    if "target_error" in rr.table:
+        target_error = rr.number("target_error", 0.0, 0.0, 0.5)
+        if target_error <= 0:
+            rr.problem("target_error", "must be above 0 (e.g. 0.02 for 2%)")
+        if "review_threshold" in rr.table:
+            rr.problem("", "set review_threshold or target_error, not both")
+    return {"review_threshold": review_threshold, "min_label_mass": min_label_mass, "target_error": target_error,
+            "failure_probability": rr.number("failure_probability", _default(Task, "failure_probability"),
+                                             0.001, 0.5),
+            "audit_rate": rr.number("audit_rate", _default(Task, "audit_rate"), 0.0, 1.0)}
+
+
+def _parse_calibration(cr: _Reader) -> CalibrationPolicy:
+    """[task.calibration]: refit cadence and the candidate calibrators."""
+    d = CalibrationPolicy()
+    methods = cr.list_at("methods") or list(d.methods)
+    for m in methods:
+        if m not in DEFAULT_METHODS:
+            cr.problem("methods", f"unknown method {m!r}; choose from {list(DEFAULT_METHODS)}")
+    return CalibrationPolicy(
+        refit_every=cr.integer("refit_every", d.refit_every, 1, 10_000_000),
+        min_examples=cr.integer("min_examples", d.min_examples, 10, 10_000_000),
+        holdout_fraction=cr.number("holdout_fraction", d.holdout_fraction, 0.05, 0.9),
+        methods=tuple(m for m in methods if m in DEFAULT_METHODS),
     )
 
-    dr = r.table_at("drift")
-    window_s = dr.number("window_s", 300.0, 1.0, 7 * 86400.0)
-    hop_s = dr.number("hop_s", window_s / 2, 0.5, 7 * 86400.0)
+
+def _parse_drift(dr: _Reader) -> DriftPolicy:
+    """[task.drift]: windows, tests, canaries, alert webhook. hop_s defaults to half the window."""
+    d, week = DriftPolicy(), 7 * 86400.0
+    window_s = dr.number("window_s", d.window_s, 1.0, week)
+    hop_s = dr.number("hop_s", window_s / 2, 0.5, week)
     if hop_s > window_s:
-        problems.append(f"{path}.drift.hop_s: {hop_s} is longer than window_s {window_s}; use a step <= the window")
-    canaries = dr.list_at("canaries")
+        dr.problem("hop_s", f"{hop_s} is longer than window_s {window_s}; use a step <= the window")
+    canaries = dr.list_at("canaries") or list(d.canaries)
     for i, c in enumerate(canaries):
         if not isinstance(c, str) or not c.strip():
-            problems.append(f"{path}.drift.canaries[{i}]: must be a non-empty string")
-    webhook = dr.string("webhook_url") or None
-    if webhook is not None and not webhook.startswith(("http://", "https://")):
-        problems.append(f"{path}.drift.webhook_url: {webhook!r} must start with http:// or https://")
-    drift = DriftPolicy(
+            dr.problem(f"canaries[{i}]", "must be a non-empty string")
+    return DriftPolicy(
         window_s=window_s,
         hop_s=hop_s,
-        alpha=dr.number("alpha", 5e-4, 1e-9, 0.5),
-        min_effect=dr.number("min_effect", 0.005, 0.0, 1.0),
-        confirm_windows=dr.integer("confirm_windows", 1, 1, 1000),
-        clear_windows=dr.integer("clear_windows", 3, 1, 1000),
+        alpha=dr.number("alpha", d.alpha, 1e-9, 0.5),
+        min_effect=dr.number("min_effect", d.min_effect, 0.0, 1.0),
+        confirm_windows=dr.integer("confirm_windows", d.confirm_windows, 1, 1000),
+        clear_windows=dr.integer("clear_windows", d.clear_windows, 1, 1000),
         canaries=tuple(c for c in canaries if isinstance(c, str) and c.strip()),
-        canary_repeats=dr.integer("canary_repeats", 3, 2, 100),
-        canary_interval_s=dr.number("canary_interval_s", 300.0, 0.5, 7 * 86400.0),
-        canary_min_effect=dr.number("canary_min_effect", 0.02, 0.0, 100.0),
-        webhook_url=webhook,
-    )
-
-    confidence = _parse_confidence(r.table_at("confidence"), path, problems, env, base_url, api_key_env)
-
-    if not name or not labels:
-        return None
-    return Task(
-        name=name,
-        labels=tuple(labels),
-        prompt=Prompt(system=pr.string("system"), template=template, examples=tuple(examples)),
-        model=ModelEndpoint(base_url=base_url, name=model_name, api_key_env=api_key_env,
-                            top_logprobs=top_logprobs, temperature=temperature),
-        review_threshold=review_threshold,
-        min_label_mass=min_label_mass,
-        target_error=target_error,
-        failure_probability=failure_probability,
-        audit_rate=audit_rate,
-        calibration=policy,
-        drift=drift,
-        confidence=confidence,
+        canary_repeats=dr.integer("canary_repeats", d.canary_repeats, 2, 100),
+        canary_interval_s=dr.number("canary_interval_s", d.canary_interval_s, 0.5, week),
+        canary_min_effect=dr.number("canary_min_effect", d.canary_min_effect, 0.0, 100.0),
+        webhook_url=dr.url("webhook_url") or d.webhook_url,
     )
 
 
-def _parse_confidence(cr: _Reader, path: str, problems: list[str], env: Mapping[str, str], base_url: str,
-                      api_key_env: str | None) -> ConfidencePolicy:
+def _parse_confidence(cr: _Reader, model: ModelEndpoint, env: Mapping[str, str]) -> ConfidencePolicy:
     """[task.confidence]: the ordered method list and each method's settings."""
-    p = f"{path}.confidence"
-    methods_raw = cr.list_at("methods") or ["first_token_logprobs"]
+    d = ConfidencePolicy()
     methods: list[str] = []
-    for i, m in enumerate(methods_raw):
-        if m not in CONFIDENCE_METHODS:
-            problems.append(f"{p}.methods[{i}]: unknown method {m!r}; choose from {list(CONFIDENCE_METHODS)}")
+    for i, m in enumerate(cr.list_at("methods") or list(d.methods)):
+        if m not in METHOD_NAMES:
+            cr.problem(f"methods[{i}]", f"unknown method {m!r}; choose from {list(METHOD_NAMES)}")
         elif m in methods:
-            problems.append(f"{p}.methods[{i}]: {m!r} is listed twice")
+            cr.problem(f"methods[{i}]", f"{m!r} is listed twice")
         else:
             methods.append(m)
-    norm = cr.table_at("sequence_scores").string("length_normalization", "sum")
-    if norm not in LENGTH_NORMALIZATIONS:
-        problems.append(f"{p}.sequence_scores.length_normalization: {norm!r}; use one of {list(LENGTH_NORMALIZATIONS)}")
-    sr = cr.table_at("self_consistency")
-    budget = sr.integer("budget", 20, 1, 200)
-    rule = sr.string("rule", "posterior")
-    if rule not in STOPPING_RULES:
-        problems.append(f"{p}.self_consistency.rule: {rule!r}; use one of {list(STOPPING_RULES)}")
-    sc = SelfConsistencyPolicy(
-        rule=rule,
-        error_rate=sr.number("error_rate", 0.05, 1e-6, 0.5),
-        prior=sr.number("prior", 0.5, 1e-3, 10.0),
-        min_samples=sr.integer("min_samples", 2, 1, 200),
-        budget=budget,
-        temperature=sr.number("temperature", 0.7, 0.05, 2.0),
-        batch=sr.integer("batch", 4, 1, 128),
-        max_tokens=sr.integer("max_tokens", 4, 1, 64),
-    )
-    if sc.min_samples > budget:
-        problems.append(f"{p}.self_consistency.min_samples: {sc.min_samples} is above the budget {budget}")
+    norm = cr.table_at("sequence_scores").choice("length_normalization", d.length_normalization,
+                                                 LENGTH_NORMALIZATIONS)
+    sc = _parse_self_consistency(cr.table_at("self_consistency"))
     vr = cr.table_at("verbalized")
-    instruction = vr.string("instruction") or None
-    verbalized_max_tokens = vr.integer("max_tokens", 16, 2, 256)
+    instruction = vr.string("instruction") or d.verbalized_instruction
+    verbalized_max_tokens = vr.integer("max_tokens", d.verbalized_max_tokens, 2, 256)
     er = cr.table_at("ensemble")
-    pooling = er.string("pooling", "mean")
-    if pooling not in POOLINGS:
-        problems.append(f"{p}.ensemble.pooling: {pooling!r}; use one of {list(POOLINGS)}")
-    members: list[EnsembleMember] = []
-    for i, raw in enumerate(er.list_at("members")):
-        mp = f"{p}.ensemble.members[{i}]"
-        raw = {"method": raw} if isinstance(raw, str) else raw
-        if not isinstance(raw, dict):
-            problems.append(f"{mp}: a method name or a table with method (and optionally base_url, name, weight)")
-            continue
-        mr = _Reader(raw, mp, problems)
-        method = mr.string("method", required=True)
-        if method and method not in CONFIDENCE_METHODS[:-1]:
-            problems.append(f"{mp}.method: {method!r}; choose from {list(CONFIDENCE_METHODS[:-1])}")
-        weight = mr.number("weight", 1.0, 0.0, 1000.0)
-        model = None
-        if "base_url" in raw or "name" in raw:
-            m_url = mr.string("base_url", base_url)
-            if not m_url.startswith(("http://", "https://")):
-                problems.append(f"{mp}.base_url: {m_url!r} must start with http:// or https://")
-            m_key = mr.string("api_key_env") or (api_key_env if m_url == base_url else None)
-            if m_key is not None and (not _ENV_NAME.match(m_key) or m_key not in env):
-                problems.append(f"{mp}.api_key_env: must name a set environment variable")
-                m_key = None
-            model = ModelEndpoint(base_url=m_url, name=mr.string("name", required=True), api_key_env=m_key,
-                                  top_logprobs=mr.integer("top_logprobs", 20, 1, 20),
-                                  temperature=mr.number("temperature", 0.0, 0.0, 2.0))
-        members.append(EnsembleMember(method, model, weight))
-    if "ensemble" in methods and len(members) < 2:
-        problems.append(f"{p}.ensemble.members: the ensemble method needs at least two members")
+    pooling = er.choice("pooling", d.ensemble_pooling, POOLINGS)
+    members = [m for i, raw in enumerate(er.list_at("members"))
+               if (m := _parse_ensemble_member(er, i, raw, model, env)) is not None]
+    if ENSEMBLE in methods and len(members) < 2:
+        er.problem("members", "the ensemble method needs at least two members")
     if members and sum(m.weight for m in members) <= 0:
-        problems.append(f"{p}.ensemble.members: weights must not all be 0")
-    return ConfidencePolicy(methods=tuple(methods) or ("first_token_logprobs",), length_normalization=norm,
+        er.problem("members", "weights must not all be 0")
+    return ConfidencePolicy(methods=tuple(methods) or d.methods, length_normalization=norm,
                             self_consistency=sc, verbalized_instruction=instruction,
                             verbalized_max_tokens=verbalized_max_tokens, ensemble_members=tuple(members),
                             ensemble_pooling=pooling)
+
+
+def _parse_self_consistency(sr: _Reader) -> SelfConsistencyPolicy:
+    """[task.confidence.self_consistency]: stopping rule, error rate, sampling budget."""
+    d = SelfConsistencyPolicy()
+    budget = sr.integer("budget", d.budget, 1, 200)
+    sc = SelfConsistencyPolicy(
+        rule=sr.choice("rule", d.rule, STOPPING_RULES),
+        error_rate=sr.number("error_rate", d.error_rate, 1e-6, 0.5),
+        prior=sr.number("prior", d.prior, 1e-3, 10.0),
+        min_samples=sr.integer("min_samples", d.min_samples, 1, 200),
+        budget=budget,
+        temperature=sr.number("temperature", d.temperature, 0.05, 2.0),
+        batch=sr.integer("batch", d.batch, 1, 128),
+        max_tokens=sr.integer("max_tokens", d.max_tokens, 1, 64),
+    )
+    if sc.min_samples > budget:
+        sr.problem("min_samples", f"{sc.min_samples} is above the budget {budget}")
+    return sc
+
+
+def _parse_ensemble_member(er: _Reader, i: int, raw: Any, model: ModelEndpoint,
+                           env: Mapping[str, str]) -> EnsembleMember | None:
+    """One entry of [task.confidence.ensemble] members: a method name, or a table with its own model."""
+    raw = {"method": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict):
+        er.problem(f"members[{i}]", "a method name or a table with method (and optionally base_url, name, weight)")
+        return None
+    mr = _Reader(raw, f"{er.path}.members[{i}]", er.problems)
+    method = mr.string("method", required=True)
+    if method and method not in MEMBER_METHODS:
+        mr.problem("method", f"{method!r}; choose from {list(MEMBER_METHODS)}")
+    weight = mr.number("weight", _default(EnsembleMember, "weight"), 0.0, 1000.0)
+    member_model = None
+    if "base_url" in raw or "name" in raw:
+        url = mr.url("base_url", model.base_url)
+        key = mr.string("api_key_env") or (model.api_key_env if url == model.base_url else None)
+        if key is not None and (not _ENV_NAME.match(key) or key not in env):
+            mr.problem("api_key_env", "must name a set environment variable")
+            key = None
+        member_model = ModelEndpoint(base_url=url, name=mr.string("name", required=True), api_key_env=key,
+                                     **_sampling(mr))
+    return EnsembleMember(method, member_model, weight)
 
 
 def parse_tasks(text: str, source: str, env: Mapping[str, str] | None = None) -> TaskRegistry:
@@ -467,5 +533,5 @@ def load_tasks(path: Path, env: Mapping[str, str] | None = None) -> TaskRegistry
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(path), [f"task file not found; set STREAMS_TASKS_FILE to an existing TOML file"]) from None
+        raise ConfigError(str(path), ["task file not found; set STREAMS_TASKS_FILE to an existing TOML file"]) from None
     return parse_tasks(text, str(path), env)

@@ -8,6 +8,7 @@ from the configured one is reported, since Kafka cannot shrink and Tansu cannot 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,7 +43,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str
 
 async def _ensure(admin: AIOKafkaAdminClient, settings: Settings) -> dict[str, int]:
     existing = set(await admin.list_topics())
-    wanted = {logical: name for logical, name in settings.topics.items()}
+    wanted = dict(settings.topics)
     missing = [
         NewTopic(
             name=name,
@@ -54,15 +55,14 @@ async def _ensure(admin: AIOKafkaAdminClient, settings: Settings) -> dict[str, i
         if name not in existing
     ]
     if missing:
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
             await admin.create_topics(missing)
-        except TopicAlreadyExistsError:
-            pass  # another worker won the race
         log.info("created topics %s with %d partitions", [t.name for t in missing], settings.partitions)
     counts: dict[str, int] = {}
     for meta in await admin.describe_topics(list(wanted.values())):
         counts[meta["topic"]] = len(meta.get("partitions", []))
     for name, n in counts.items():
         if n != settings.partitions:
-            log.warning("topic %s has %d partitions, STREAMS_PARTITIONS says %d; keeping %d", name, n, settings.partitions, n)
+            log.warning("topic %s has %d partitions, STREAMS_PARTITIONS says %d; keeping %d",
+                        name, n, settings.partitions, n)
     return counts

@@ -1,7 +1,7 @@
 """`python -m streams calibrate`: fit a task's calibrator on a labelled file and publish it.
 
-Runs the task's model over every labelled text through the worker's own path (`ModelClient`
-+ `label_scores`, bounded concurrency, a progress line), splits fit / held-out, chooses the method by
+Runs the task's model over every labelled text through the worker's own path (`MethodRunner` with
+the chosen confidence method, bounded concurrency, a progress line), splits fit / held-out, chooses the method by
 cross-validated NLL on the fit set, prints held-out metrics before and after with bootstrap
 intervals, writes reliability diagrams, and publishes the calibrator (and the labelled examples, so
 later refits build on them). Workers pick the new version up without restart.
@@ -22,14 +22,18 @@ from aiokafka import AIOKafkaProducer
 
 from streams.calibration.fitting import FitOutcome, fit_and_evaluate
 from streams.calibration.metrics import confidence_and_correct, reliability_data
-from streams.calibration.store import calibrator_record
+from streams.calibration.plots import reliability_diagram
+from streams.calibration.registry import CalibratorKey
 from streams.calibration.scoring import score
+from streams.calibration.store import calibrator_record
 from streams.classify.model_client import ModelClient
-from streams.classify.records import SCHEMA_VERSION, now_iso
+from streams.confidence.names import FIRST_TOKEN, METHOD_NAMES, SELF_CONSISTENCY
+from streams.confidence.probe import probe_endpoint
 from streams.errors import ConfigError
 from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
-from streams.tasks import CONFIDENCE_METHODS, Task, load_tasks
+from streams.stamps import SCHEMA_VERSION, now_iso
+from streams.tasks import Task, load_tasks
 
 
 def read_labelled(path: Path, labels: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -110,9 +114,8 @@ async def publish(settings: Settings, record: dict[str, Any], examples: list[dic
     try:
         for ex in examples:
             await producer.send(settings.topic("examples"), orjson.dumps(ex), key=ex["task"].encode())
-        method = record.get("confidence_method")  # other methods are keyed task/method (one calibrator each)
-        key = record["task"] if method in (None, "first_token_logprobs") else f"{record['task']}/{method}"
-        await producer.send_and_wait(settings.topic("calibrators"), orjson.dumps(record), key=key.encode())
+        await producer.send_and_wait(settings.topic("calibrators"), orjson.dumps(record),
+                                     key=CalibratorKey.of_record(record).topic_key())
     finally:
         await producer.stop()
 
@@ -128,7 +131,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("calibration-out"), help="diagrams, scores, calibrator")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-publish", action="store_true", help="fit and report only")
-    parser.add_argument("--method", default="first_token_logprobs", choices=CONFIDENCE_METHODS,
+    parser.add_argument("--method", default=FIRST_TOKEN, choices=METHOD_NAMES,
                         help="confidence method to calibrate (each method has its own calibrator)")
     args = parser.parse_args(argv)
     try:
@@ -149,14 +152,9 @@ def main(argv: list[str]) -> int:
         if len(skipped) > 10:
             print(f"... and {len(skipped) - 10} more skipped rows", file=sys.stderr)
         client = ModelClient(settings.model_timeout_s, settings.model_max_retries)
-        if args.method == "first_token_logprobs":
-            scored = asyncio.run(score(task, rows, args.concurrency, client))
-        else:
-            from streams.confidence.methods import score_rows
-            from streams.confidence.probe import probe_endpoint
-
-            caps = asyncio.run(probe_endpoint(client, task.model)) if args.method == "self_consistency" else None
-            scored = asyncio.run(score_rows(task, rows, args.concurrency, client, args.method, caps))
+        # Self-consistency batches samples with n where the endpoint honours it: ask the endpoint first.
+        caps = asyncio.run(probe_endpoint(client, task.model)) if args.method == SELF_CONSISTENCY else None
+        scored = asyncio.run(score(task, rows, args.concurrency, client, args.method, caps))
         (args.out / "scores.jsonl").write_bytes(b"\n".join(orjson.dumps(s) for s in scored) + b"\n")
     kept, dropped = usable(scored, task)
     print(f"{len(kept)} of {len(scored)} labelled items usable; left out: {dropped}")
@@ -169,14 +167,10 @@ def main(argv: list[str]) -> int:
     outcome = fit_and_evaluate(probs, y, task.calibration.methods, args.holdout, None,
                                task.target_error, task.failure_probability, seed=args.seed)
     print(report(outcome, task))
-    record = calibrator_record(task.name, task.model.name, task.labels, outcome.calibrator, outcome.fit_size,
-                               outcome.heldout_size, outcome.metrics_before, outcome.metrics_after, "calibrate",
-                               outcome.cv_nll, outcome.risk_control)
-    if args.method != "first_token_logprobs":
-        record["confidence_method"] = args.method
+    record = calibrator_record(task.name, args.method, task.model.name, task.labels, outcome.calibrator,
+                               outcome.fit_size, outcome.heldout_size, outcome.metrics_before, outcome.metrics_after,
+                               "calibrate", outcome.cv_nll, outcome.risk_control)
     (args.out / "calibrator.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-    from streams.calibration.plots import reliability_diagram
-
     hold = outcome.heldout_index
     curves = {name: reliability_data(*confidence_and_correct(p, y[hold]))
               for name, p in (("raw", probs[hold]), ("calibrated", outcome.calibrator.transform(probs[hold])))}
@@ -188,9 +182,8 @@ def main(argv: list[str]) -> int:
         return 0
     examples = [{"id": s["id"], "task": task.name, "model": task.model.name, "label": s["label"],
                  "raw_probabilities": s["raw_probabilities"], "calibrator_version": None, "review_reason": None,
-                 "reviewer": None, "source": "calibration", "labelled_at": now_iso(),
-                 "schema_version": SCHEMA_VERSION} | ({"method": args.method} if args.method != "first_token_logprobs"
-                                                      else {}) for s in kept]
+                 "reviewer": None, "source": "calibration", "labelled_at": now_iso(), "method": args.method,
+                 "schema_version": SCHEMA_VERSION} for s in kept]
     asyncio.run(publish(settings, record, examples))
     print(f"published calibrator {record['version']} to {settings.topic('calibrators')} "
           f"and {len(examples)} labelled examples to {settings.topic('examples')}")

@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from streams.classify.records import SCHEMA_VERSION, now_iso
 from streams.classify.requests import MAX_ID_CHARS
+from streams.confidence.names import FIRST_TOKEN
 from streams.errors import BadRequest
+from streams.stamps import SCHEMA_VERSION, now_iso
 from streams.tasks import TaskRegistry
 
 
@@ -96,7 +97,7 @@ def labelled_example(item: dict[str, Any], fb: Feedback) -> dict[str, Any] | Non
         "label": fb.label,
         "raw_probabilities": raw,
         "calibrator_version": item.get("calibrator_version"),
-        "method": item.get("method") or "first_token_logprobs",  # each method gets its own calibrator
+        "method": item.get("method") or FIRST_TOKEN,  # each method gets its own calibrator
         "review_reason": item.get("review_reason"),
         "reviewer": fb.reviewer,
         "source": "feedback",

@@ -54,7 +54,7 @@ def stratified_split(y: np.ndarray, holdout_fraction: float, seed: int) -> tuple
     fit, hold = [], []
     for cls in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == cls))
-        n_hold = int(round(len(idx) * holdout_fraction))
+        n_hold = round(len(idx) * holdout_fraction)
         hold.append(idx[:n_hold])
         fit.append(idx[n_hold:])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(hold))

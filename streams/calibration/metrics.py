@@ -110,10 +110,10 @@ def ece_floor(conf: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform"
               seed: int = 0) -> tuple[float, float]:
     """Mean and q-quantile of the ECE that a perfectly calibrated model with these confidences shows.
 
-    The binned ECE is biased upward by sampling noise, roughly sqrt(bins / n): on 1500 items a perfect
-    model scores about 0.024. Redrawing each item's correctness as Bernoulli(confidence) (consistency
-    resampling, Broecker & Smith 2007) gives that floor for this very sample, so a measured ECE below
-    the q-quantile cannot be told from perfect calibration.
+    The binned ECE is biased upward by sampling noise, roughly sqrt(bins / n), so even a perfect model
+    scores above 0 (bench/README.md has measured floors). Redrawing each item's correctness as
+    Bernoulli(confidence) (consistency resampling, Broecker & Smith 2007) gives that floor for this
+    very sample, so a measured ECE below the q-quantile cannot be told from perfect calibration.
     """
     c = np.asarray(conf, dtype=np.float64)
     if c.ndim != 1 or c.size == 0:
@@ -171,7 +171,7 @@ def summary(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, n_boot: int
         return ece(c, k, edges=mass_edges)
 
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": accuracy(p, y),
         "ece": ece_uniform(conf, correct),
         "ece_interval": interval(ece_uniform),
@@ -196,7 +196,7 @@ def reliability_data(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15,
         "n": int(count.sum()),
         "edges": edges.tolist(),
         "count": count.tolist(),
-        "confidence": [float(v) if f else None for v, f in zip(mean_conf, full)],
-        "accuracy": [float(v) if f else None for v, f in zip(acc, full)],
+        "confidence": [float(v) if f else None for v, f in zip(mean_conf, full, strict=True)],
+        "accuracy": [float(v) if f else None for v, f in zip(acc, full, strict=True)],
         "ece": float(np.abs(correct_sum - conf_sum).sum() / count.sum()),
     }

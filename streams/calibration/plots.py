@@ -7,6 +7,7 @@ display), which is safe in a headless worker or a test.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,6 @@ def _draw_curve(top: Any, bottom: Any, name: str, data: dict[str, Any]) -> None:
     line, = top.plot([data["confidence"][i] for i in full], [data["accuracy"][i] for i in full],
                      marker="o", label=f"{name} (ECE {data['ece']:.3f})")
     edges = data["edges"]
-    widths = [hi - lo for lo, hi in zip(edges[:-1], edges[1:])]
+    widths = [hi - lo for lo, hi in itertools.pairwise(edges)]
     bottom.bar(edges[:-1], data["count"], width=widths, align="edge", alpha=0.4, color=line.get_color(),
                edgecolor=line.get_color(), label=name)

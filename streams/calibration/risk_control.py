@@ -74,7 +74,7 @@ class RiskControlledThreshold:
 
 def binomial_pvalues(errors: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
     """Exact p-values for H: R > alpha given k errors in n accepted: P(Binomial(n, alpha) <= k)."""
-    return scipy.stats.binom.cdf(errors, n, alpha)
+    return np.asarray(scipy.stats.binom.cdf(errors, n, alpha))
 
 
 def hb_pvalues(errors: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:

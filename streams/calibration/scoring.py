@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 from streams.classify.model_client import ModelClient
-from streams.classify.probabilities import LabelMatcher, label_scores
+from streams.confidence.methods import MethodResult, MethodRunner
+from streams.confidence.names import FIRST_TOKEN
+from streams.confidence.capabilities import Capabilities
 from streams.errors import ModelError
 from streams.tasks import Task
 
@@ -31,25 +33,31 @@ class Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-async def score(task: Task, rows: list[tuple[str, str, str]], concurrency: int,
-                client: ModelClient) -> list[dict[str, Any]]:
-    """Raw label probabilities for each row, exactly as the worker computes them."""
-    matcher = LabelMatcher(task.labels)
+async def score(task: Task, rows: list[tuple[str, str, str]], concurrency: int, client: ModelClient,
+                method: str = FIRST_TOKEN, caps: Capabilities | None = None) -> list[dict[str, Any]]:
+    """Raw label probabilities of labelled rows (id, text, label) by one confidence method, exactly as the
+    worker computes them (`MethodRunner`); ensemble members are pooled uncalibrated here."""
+    runner = MethodRunner(client)
     slots = asyncio.Semaphore(concurrency)
-    progress = Progress(len(rows), f"scoring with {task.model.name}")
+    progress = Progress(len(rows), f"scoring with {task.model.name} ({method})")
 
     async def one(rid: str, text: str, label: str) -> dict[str, Any]:
         async with slots:
+            result: MethodResult | None = None
             try:
-                reply = await client.first_token(task, text)
+                result = await runner.run(task, method, text, rid, lambda _: caps)
                 error = None
             except ModelError as exc:
-                reply, error = None, f"{exc.kind}: {exc.message}"
+                error = f"{exc.kind}: {exc.message}"
         progress.step()
-        if reply is None or reply.top_logprobs is None:
-            return {"id": rid, "label": label, "error": error or "no logprobs"}
-        s = label_scores(reply.top_logprobs, matcher)
-        return {"id": rid, "label": label, "label_mass": s.label_mass,
-                "raw_probabilities": dict(zip(task.labels, s.probabilities.tolist()))}
+        if result is None or result.raw is None:
+            return {"id": rid, "label": label, "method": method,
+                    "error": error or (result.reason if result is not None else None) or "no scores"}
+        out: dict[str, Any] = {"id": rid, "label": label, "method": method, "label_mass": result.label_mass,
+                               "raw_probabilities": dict(zip(task.labels, result.raw.tolist(), strict=True)),
+                               "requests": result.requests}
+        if result.samples is not None:
+            out["samples"] = result.samples
+        return out
 
-    return await asyncio.gather(*(one(*row) for row in rows))
+    return list(await asyncio.gather(*(one(*row) for row in rows)))

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streams.calibration.calibrators import Calibrator, from_dict, to_dict
-from streams.classify.records import SCHEMA_VERSION, now_iso
 from streams.kafka_io import TopicFeed
 from streams.kafka_security import kafka_client_options
 from streams.settings import Settings
+from streams.stamps import SCHEMA_VERSION, now_iso
 
 
 def new_version(task: str, method: str) -> str:
@@ -26,14 +26,15 @@ def new_version(task: str, method: str) -> str:
     return f"{task}.{method}.{stamp}Z.{secrets.token_hex(2)}"
 
 
-def calibrator_record(task: str, model: str, labels: tuple[str, ...], calibrator: Calibrator, fit_size: int,
-                      heldout_size: int, metrics_before: dict[str, Any], metrics_after: dict[str, Any],
+def calibrator_record(task: str, method: str, model: str, labels: tuple[str, ...], calibrator: Calibrator,
+                      fit_size: int, heldout_size: int, metrics_before: dict[str, Any], metrics_after: dict[str, Any],
                       source: str, cv_nll: dict[str, float] | None = None,
                       risk_control: dict[str, Any] | None = None) -> dict[str, Any]:
     calibrator.version = new_version(task, calibrator.method)
     state = to_dict(calibrator)
     record: dict[str, Any] = {
         "task": task,
+        "confidence_method": method,
         "model": model,
         "labels": list(labels),
         "method": calibrator.method,

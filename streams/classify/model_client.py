@@ -26,6 +26,11 @@ the inside out:
    service sends to review (`review_reason: model_error`) like any other model error.
 
 `ModelClient.breakers` maps each endpoint's base URL to its breaker, for metrics (`snapshot()`).
+
+**Every call is observed here** (`CallObserver`: the worker's Prometheus metrics): calls in flight,
+time per call (retries and circuit waits included), errors by kind, tokens. Measured where calls are
+made, so every confidence method's calls count, samples and continuations included, and canary and
+probe calls too.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import httpx2
@@ -74,6 +79,15 @@ class ChatSample:
     model: str
 
 
+class CallObserver(Protocol):
+    """Told about every model call; `task` is the task the call serves ("" for probes)."""
+
+    def call_started(self, task: str) -> None: ...
+
+    def call_finished(self, task: str, model: str, seconds: float, error: str | None,
+                      prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
 class _Trouble(Exception):
     """An attempt failed; `error` is what to raise if no retry follows, `endpoint_fault` feeds the breaker."""
 
@@ -98,12 +112,14 @@ class ModelClient:
         breaker_factory: Callable[[], CircuitBreaker] | None = None,
         bad_response_backoff_s: float = BAD_RESPONSE_BACKOFF_S,
         circuit_poll_s: float = CIRCUIT_POLL_S,
+        observer: CallObserver | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._max_retries = max_retries
         self._breaker_factory = breaker_factory or _default_breaker
         self._bad_response_backoff_s = bad_response_backoff_s
         self._circuit_poll_s = circuit_poll_s
+        self.observer = observer
         self._clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
         self._probe_clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
         #: One breaker per endpoint base URL; `snapshot()` of each is JSON-able, for metrics.
@@ -166,12 +182,12 @@ class ModelClient:
             # more CPU than everything else a request does; the answer is read with orjson.
             return client.post("/chat/completions", body=body, cast_to=httpx2.Response)
 
-        return await self._with_retries(endpoint, create,
-                                        lambda resp, ms: _reply_doc(_json_body(resp), ms, endpoint.name))
+        return await self._observed(task.name, endpoint, create,
+                                    lambda resp, ms: _reply_doc(_json_body(resp), ms, endpoint.name))
 
     async def chat(self, endpoint: ModelEndpoint, messages: list[dict[str, str]], *, max_tokens: int,
                    temperature: float, n: int = 1, seed: int | None = None,
-                   top_logprobs: int | None = None) -> ChatSample:
+                   top_logprobs: int | None = None, task: str = "") -> ChatSample:
         """A general chat completion (sampling, prefilled continuation, verbalised answers), same protection
         as `first_token`: the openai client's retries, bad-body retries and the endpoint's breaker."""
         params: dict[str, Any] = {"model": endpoint.name, "messages": messages, "max_tokens": max_tokens,
@@ -183,8 +199,32 @@ class ModelClient:
         if top_logprobs is not None:
             params["logprobs"] = True
             params["top_logprobs"] = top_logprobs
-        return await self._with_retries(endpoint, lambda client: client.chat.completions.create(**params),
-                                        lambda resp, ms: _sample(resp, ms, endpoint.name))
+        return await self._observed(task, endpoint, lambda client: client.chat.completions.create(**params),
+                                    lambda resp, ms: _sample(resp, ms, endpoint.name))
+
+    async def _observed(self, task: str, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
+                        parse: Callable[[Any, float], Any]) -> Any:
+        observer = self.observer
+        if observer is None:
+            return await self._with_retries(endpoint, create, parse)
+        observer.call_started(task)
+        started = time.perf_counter()
+        error: str | None = "internal"  # neither an answer nor a ModelError: a bug, reported as such
+        reply: Any = None
+        try:
+            reply = await self._with_retries(endpoint, create, parse)
+            error = None
+            return reply
+        except ModelError as exc:
+            error = exc.kind
+            raise
+        except asyncio.CancelledError:
+            error = "cancelled"  # the worker stopped or lost the partition: not the endpoint's fault
+            raise
+        finally:
+            observer.call_finished(task, endpoint.name, time.perf_counter() - started, error,
+                                   reply.prompt_tokens if reply is not None else 0,
+                                   reply.completion_tokens if reply is not None else 0)
 
     async def _with_retries(self, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
                             parse: Callable[[Any, float], Any]) -> Any:

@@ -32,7 +32,7 @@ def fold_token(token: str) -> str:
 class LabelMatcher:
     """Maps tokens to label indices, memoised, because the same few tokens recur in every reply."""
 
-    __slots__ = ("labels", "_folded", "_cache")
+    __slots__ = ("_cache", "_folded", "labels")
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = tuple(labels)

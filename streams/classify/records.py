@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from streams.classify.model_client import ModelReply
 from streams.classify.requests import ClassificationRequest
 from streams.classify.routing import Route
-
-SCHEMA_VERSION = 1
-METHOD_FIRST_TOKEN = "first_token_logprobs"
+from streams.confidence.methods.base import MethodResult
+from streams.stamps import SCHEMA_VERSION, now_iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +23,6 @@ class Source:
     offset: int
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _rounded(labels: tuple[str, ...], p: np.ndarray) -> dict[str, float]:
     return {label: round(float(v), 6) for label, v in zip(labels, p)}
 
@@ -38,20 +31,22 @@ def classification_record(
     request: ClassificationRequest,
     labels: tuple[str, ...],
     route: Route,
-    raw: np.ndarray | None,
+    method: str,
+    result: MethodResult | None,
     calibrated: np.ndarray | None,
     entropy: float | None,
-    label_mass: float,
-    reply: ModelReply | None,
     model: str,
     calibrator_version: str,
     model_error: str | None = None,
     audit: bool = False,
-    method: str = METHOD_FIRST_TOKEN,
-    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ClassificationResult (decision auto) or a ReviewItem (decision review, with the text)."""
+    """A ClassificationResult (decision auto) or a ReviewItem (decision review, with the text).
+
+    `result` is None when the model call failed (`model_error` says how).
+    """
     idx = route.label_index
+    raw = result.raw if result is not None else None
+    label_mass = result.label_mass if result is not None else 0.0
     record: dict[str, Any] = {
         "id": request.id,
         "task": request.task,
@@ -66,16 +61,16 @@ def classification_record(
         "model": model,
         "calibrator_version": calibrator_version,
         "usage": {
-            "prompt_tokens": reply.prompt_tokens if reply else 0,
-            "completion_tokens": reply.completion_tokens if reply else 0,
+            "prompt_tokens": result.prompt_tokens if result else 0,
+            "completion_tokens": result.completion_tokens if result else 0,
         },
-        "latency_ms": round(reply.latency_ms, 3) if reply else None,
+        "latency_ms": round(result.latency_ms, 3) if result else None,
         "metadata": request.metadata,
         "processed_at": now_iso(),
         "schema_version": SCHEMA_VERSION,
     }
-    if extra:  # method details: samples, requests, confidence_interval, ambiguous, settled, members
-        record.update(extra)
+    if result is not None:
+        record.update(method_details(result, labels))
     if route.decision == "review":
         record["review_reason"] = route.reason
         record["text"] = request.text
@@ -84,6 +79,22 @@ def classification_record(
         if audit:
             record["audit"] = True
     return record
+
+
+def method_details(result: MethodResult, labels: tuple[str, ...]) -> dict[str, Any]:
+    """What a method reports beyond probabilities: requests always; samples, interval, members when it has them."""
+    out: dict[str, Any] = {"requests": result.requests}
+    if result.samples is not None:
+        out["samples"] = result.samples
+    if result.interval is not None:
+        out["confidence_interval"] = [round(result.interval[0], 6), round(result.interval[1], 6)]
+    if result.settled is not None:
+        out["settled"] = result.settled
+    if result.ambiguous:
+        out["ambiguous"] = True
+    if result.members:
+        out["members"] = {k: dict(zip(labels, v, strict=True)) for k, v in result.members.items()}
+    return out
 
 
 def dead_letter_record(

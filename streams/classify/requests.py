@@ -51,7 +51,8 @@ def parse_request(raw: bytes | None, tasks: TaskRegistry, max_text_chars: int) -
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadRequest("invalid_utf8", f"value is not valid UTF-8 (byte {exc.start}): encode requests as UTF-8 JSON") from None
+        raise BadRequest("invalid_utf8",
+                         f"value is not valid UTF-8 (byte {exc.start}): encode requests as UTF-8 JSON") from None
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -66,12 +67,14 @@ def parse_request(raw: bytes | None, tasks: TaskRegistry, max_text_chars: int) -
     text = _field(doc, "text", str, "string", request_id)
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise BadRequest("invalid_field", f"field 'metadata' must be an object, got {type(metadata).__name__}", request_id)
+        raise BadRequest("invalid_field", f"field 'metadata' must be an object, got {type(metadata).__name__}",
+                         request_id)
     if metadata:
         try:  # orjson reads 1024 levels deep but writes 254: refuse now, not after a paid model call
             orjson.dumps(metadata)
         except orjson.JSONEncodeError:
-            raise BadRequest("invalid_field", "field 'metadata' is nested too deeply to pass through", request_id) from None
+            raise BadRequest("invalid_field", "field 'metadata' is nested too deeply to pass through",
+                             request_id) from None
     created_at = doc.get("created_at")
     if created_at is not None and not isinstance(created_at, str):
         raise BadRequest("invalid_field", "field 'created_at' must be an ISO-8601 string", request_id)
@@ -80,7 +83,9 @@ def parse_request(raw: bytes | None, tasks: TaskRegistry, max_text_chars: int) -
         raise BadRequest("unknown_task", f"task '{task[:100]}' is not in the task file (known: {known})", request_id)
     if len(text) > max_text_chars:
         raise BadRequest(
-            "text_too_long", f"text has {len(text)} characters; the limit is {max_text_chars} (STREAMS_MAX_TEXT_CHARS)", request_id
+            "text_too_long",
+            f"text has {len(text)} characters; the limit is {max_text_chars} (STREAMS_MAX_TEXT_CHARS)",
+            request_id,
         )
     if not text.strip():
         raise BadRequest("invalid_field", "field 'text' is empty or only whitespace", request_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,31 +22,26 @@ class Route:
     label_index: int  # -1 when no label can be named
 
 
-def route(calibrated: np.ndarray | None, label_mass: float, threshold: float | None, min_label_mass: float) -> Route:
-    """Never guess: missing logprobs or a low label mass go to review before confidence is even read.
+def route(calibrated: np.ndarray | Sequence[float] | None, label_mass: float, threshold: float | None,
+          min_label_mass: float) -> Route:
+    """Where one message goes. Never guess: missing logprobs or a low label mass go to review before
+    confidence is even read.
 
-    `threshold` None means no valid threshold exists yet (risk-controlled task without a calibrator
-    that meets its target): everything goes to review.
+    `calibrated` is one row of calibrated label probabilities (a 1-D array or a list), or None when
+    the reply had no logprobs. `threshold` None means no valid threshold exists yet (risk-controlled
+    task without a calibrator that meets its target): everything goes to review. The decisions are
+    made on a Python list (cheaper than numpy calls on a few labels); `p.index(max(p))` is numpy's
+    argmax (the first maximum) once NaN is ruled out.
     """
     if calibrated is None:
         return Route("review", "no_logprobs", -1)
-    if calibrated.ndim == 1:  # per message: the same decisions on a Python list, 4x faster than numpy calls
-        return _route_row(calibrated.tolist(), label_mass, threshold, min_label_mass)
-    if not np.isfinite(calibrated).all():  # a broken endpoint or calibrator: never route NaN to auto
-        return Route("review", "invalid_scores", -1)
-    if label_mass < min_label_mass or not calibrated.any():
-        return Route("review", "low_label_mass", int(np.argmax(calibrated)) if calibrated.any() else -1)
-    best = int(np.argmax(calibrated))
-    if threshold is None:
-        return Route("review", "not_calibrated", best)
-    if calibrated[best] < threshold:
-        return Route("review", "low_confidence", best)
-    return Route("auto", None, best)
-
-
-def _route_row(p: list[float], label_mass: float, threshold: float | None, min_label_mass: float) -> Route:
-    """`route` for one row; `p.index(max(p))` is numpy's argmax (the first maximum) once NaN is ruled out."""
-    if not all(map(math.isfinite, p)):
+    if isinstance(calibrated, np.ndarray):
+        if calibrated.ndim != 1:
+            raise ValueError(f"route takes one row of label probabilities, got shape {calibrated.shape}")
+        p: Sequence[float] = calibrated.tolist()
+    else:
+        p = calibrated
+    if not all(map(math.isfinite, p)):  # a broken endpoint or calibrator: never route NaN to auto
         return Route("review", "invalid_scores", -1)
     if label_mass < min_label_mass or not any(p):
         return Route("review", "low_label_mass", p.index(max(p)) if any(p) else -1)

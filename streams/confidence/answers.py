@@ -28,7 +28,7 @@ def _strip_lead(text: str) -> str:
         prev = text
         text = _STRIP.sub("", text)
         for p in _PREFIXES:
-            if text.startswith(p + ":") or text.startswith(p + " is") or text.startswith(p + " "):
+            if text.startswith((p + ":", p + " is", p + " ")):
                 text = text[len(p):]
                 break
     return text

@@ -3,14 +3,16 @@
 Many endpoints accept `logprobs=true` and silently return none, or return constant values; some
 ignore `temperature`, `seed` or `n`. The probe asks, through the same `ModelClient` as the worker:
 
-| capability | how it is measured |
-|---|---|
-| `logprobs`, `top_logprobs` | two different prompts, `max_tokens=1`, `top_logprobs=20`: both must return top-k lists of finite logprobs <= 0 that are not all equal and differ between the prompts; `top_logprobs` is the longest list returned |
-| `continuation` | a prefilled assistant turn "A B C ... W X": the top next token must be "Y" (the endpoint continued the given text, so it can score a given continuation token by token) |
-| `echo` | legacy completions with `echo=true, logprobs=1`: prompt tokens must come back with logprobs |
-| `temperature` | 4 samples at temperature 1.5 of "Write one random word:" must not all be equal |
-| `seed` | the same seed twice at temperature 1.5 must give the same text (only meaningful when `temperature` holds) |
-| `n`, `max_n` | `n` = 8, 4, 2 in turn: the first that returns that many choices is `max_n` (1 when none does) |
+- `logprobs`, `top_logprobs`: two different prompts, `max_tokens=1`, `top_logprobs=20`: both must return
+  top-k lists of finite logprobs <= 0 that are not all equal and differ between the prompts;
+  `top_logprobs` is the longest list returned
+- `continuation`: a prefilled assistant turn "A B C ... W X": the top next token must be "Y" (the endpoint
+  continued the given text, so it can score a given continuation token by token)
+- `echo`: legacy completions with `echo=true, logprobs=1`: prompt tokens must come back with logprobs
+- `temperature`: 4 samples at temperature 1.5 of "Write one random word:" must not all be equal
+- `seed`: the same seed twice at temperature 1.5 must give the same text (only meaningful when `temperature`
+  holds)
+- `n`, `max_n`: `n` = 8, 4, 2 in turn: the first that returns that many choices is `max_n` (1 when none does)
 
 About ten calls per endpoint. Results are cached per (base URL, model): in the worker's memory for
 `ttl_s` (re-probed after that, and a failed probe is retried after `retry_s`), and on disk for the
@@ -25,7 +27,6 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,36 +34,15 @@ from typing import Any
 import orjson
 
 from streams.classify.model_client import ChatSample, ModelClient
-from streams.errors import ModelError
-from streams.tasks import ModelEndpoint
+from streams.confidence.capabilities import Capabilities
+from streams.confidence.methods import choose_method, task_endpoints
+from streams.errors import ConfigError, ModelError
+from streams.settings import Settings
+from streams.tasks import ModelEndpoint, load_tasks
 
 PROBE_PROMPTS = ("Is the sky blue on a clear day? Answer yes or no.", "Name a colour:")
 ALPHABET = "A B C D E F G H I J K L M N O P Q R S T U V W X"
 RANDOM_PROMPT = "Write one random word:"
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    base_url: str
-    model: str
-    logprobs: bool
-    top_logprobs: int
-    continuation: bool
-    echo: bool
-    temperature: bool
-    seed: bool
-    n: bool
-    max_n: int
-    probed_at: str = ""
-    notes: tuple[str, ...] = ()
-    calls: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Capabilities:
-        return cls(**{**d, "notes": tuple(d.get("notes", ()))})
 
 
 def logprobs_usable(tops: Sequence[Sequence[tuple[str, float]] | None]) -> tuple[bool, str]:
@@ -217,18 +197,14 @@ def render(caps: Capabilities) -> str:
     yn = {True: "yes", False: "no"}
     return "\n".join([
         f"endpoint {caps.base_url}  model {caps.model}  (probed {caps.probed_at}, {caps.calls} calls)",
-        f"  logprobs {yn[caps.logprobs]} (top_logprobs {caps.top_logprobs})   continuation {yn[caps.continuation]}"
-        f"   echo {yn[caps.echo]}",
+        (f"  logprobs {yn[caps.logprobs]} (top_logprobs {caps.top_logprobs})   continuation {yn[caps.continuation]}"
+         f"   echo {yn[caps.echo]}"),
         f"  temperature {yn[caps.temperature]}   seed {yn[caps.seed]}   n {yn[caps.n]} (max {caps.max_n})",
         *(f"  note: {n}" for n in caps.notes),
     ])
 
 
 def main(argv: list[str]) -> int:
-    from streams.confidence.methods import choose_method, task_endpoints
-    from streams.errors import ConfigError
-    from streams.settings import Settings
-    from streams.tasks import load_tasks
 
     parser = argparse.ArgumentParser(prog="python -m streams probe", description=__doc__.splitlines()[0])
     parser.add_argument("--task", help="only this task's endpoints (default: every task)")
@@ -260,8 +236,7 @@ def main(argv: list[str]) -> int:
                     if key in out:
                         continue
                     old = stored.get(key)
-                    fresh = old and time.time() - float(old.get("_stored", 0)) < args.max_age_s
-                    if fresh and not args.refresh:
+                    if old and time.time() - float(old.get("_stored", 0)) < args.max_age_s and not args.refresh:
                         out[key] = Capabilities.from_json({k: v for k, v in old.items() if k != "_stored"})
                         continue
                     out[key] = await probe_endpoint(client, ep)

@@ -184,7 +184,7 @@ def summary(counts: np.ndarray, prior: float = 0.5, level: float = 0.95) -> Vote
         return VoteSummary(None, 0.0, leader, None, True)
     probs = (lab + prior) / (named + k * prior)
     best = int(np.argmax(lab))
-    lo, hi = beta.ppf([(1 - level) / 2, (1 + level) / 2], lab[best] + prior, named - lab[best] + (k - 1) * prior)
+    lo, hi = beta.interval(level, lab[best] + prior, named - lab[best] + (k - 1) * prior)
     ambiguous = leader == NONE
     return VoteSummary(probs, float(named / n), leader, (float(lo), float(hi)), ambiguous)
 
@@ -223,7 +223,8 @@ def _predictive_bound(counts: np.ndarray, cat: int, rule: StoppingRule) -> float
     k = len(counts)
     if comb(m + k - 1, k - 1) <= 20000:
         future = _compositions_cached(m, k)
-        pmf = dirichlet_multinomial.pmf(future, alpha, m)
+        # scipy-stubs types n as an array only; scipy takes an int (its documented form)
+        pmf = np.asarray(dirichlet_multinomial.pmf(future, alpha, m))  # type: ignore[arg-type]
         final = future + counts
         keeps = (final[:, [cat]] > np.delete(final, cat, axis=1)).all(axis=1)
         return float(max(0.0, 1.0 - pmf[keeps].sum()))

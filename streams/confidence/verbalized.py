@@ -54,7 +54,8 @@ class Verbalized:
     probabilities: np.ndarray | None  # over the labels; None when no single label was given
 
 
-def messages(chat: list[dict[str, str]], labels: Sequence[str], template: str = DEFAULT_INSTRUCTION) -> list[dict[str, str]]:
+def messages(chat: list[dict[str, str]], labels: Sequence[str],
+             template: str = DEFAULT_INSTRUCTION) -> list[dict[str, str]]:
     """The task's chat messages for this method: examples answer "label 0.9", the item gets the instruction."""
     out = [dict(m) for m in chat]
     for m in out[:-1]:
@@ -79,7 +80,7 @@ def parse_confidence(text: str) -> float | None:
         found.append((m.start(), v if 0.0 <= v <= 1.0 else None))
     for m in _FRACTION.finditer(t):
         num, den = int(m.group(1)), int(m.group(2))
-        found.append((m.start(), num / den if 0 < den and num <= den else None))
+        found.append((m.start(), num / den if den > 0 and num <= den else None))
     for m in _CONF_INT.finditer(t):
         v = int(m.group(1))
         if v > 1:  # 0 and 1 are read as decimals below

@@ -23,8 +23,9 @@ from aiokafka import AIOKafkaProducer
 
 from streams.classify.model_client import ModelClient
 from streams.drift.canaries import canary_samples
+from streams.drift.canary_stats import canary_baseline
 from streams.drift.monitor import BINS, Baseline, iso
-from streams.drift.statistics import WindowSummary, canary_baseline
+from streams.drift.summary import WindowSummary
 from streams.errors import ConfigError
 from streams.kafka_io import read_topic
 from streams.kafka_security import kafka_client_options

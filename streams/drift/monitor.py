@@ -1,8 +1,8 @@
 """Drift bookkeeping between the statistics and the Faust wiring. Pure: no Kafka here.
 
 - `DriftAccumulator` collects every classified message into a per-task `WindowSummary` on the hot
-  path (O(1), a few µs); the worker drains it every second into partial summaries on
-  `drift.summaries`, keyed by task, so one worker sees a task's whole traffic in its windows.
+  path (O(1)); the worker drains it every second into partial summaries on `drift.summaries`,
+  keyed by task, so one worker sees a task's whole traffic in its windows.
 - `Baseline` is what a window is compared with: a traffic summary and, optionally, canary top-k
   distributions with their repeat-to-repeat spread.
 - `DriftMonitor` holds one task's episode state and turns a closed window (or a canary run) into a
@@ -12,26 +12,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from streams.classify.records import SCHEMA_VERSION, now_iso
-from streams.drift.statistics import (
-    CanaryBaseline,
-    DriftTest,
-    EpisodeTracker,
-    WindowSummary,
-    compare_canaries,
-    compare_window,
-    pool_topk,
-)
+from streams.drift.canary_stats import CanaryBaseline, compare_canaries, pool_topk
+from streams.drift.episodes import EpisodeTracker
+from streams.drift.homogeneity import DriftTest, compare_window
+from streams.drift.summary import WindowSummary
+from streams.stamps import SCHEMA_VERSION, iso, now_iso
 from streams.tasks import Task, TaskRegistry
 
 BINS = 10
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class DriftAccumulator:

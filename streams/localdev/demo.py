@@ -69,14 +69,14 @@ class Tally:
         now = time.monotonic()
         self.first_at = self.first_at or now
         self.last_at = now
-        rid = record.get("id")
         if record.get("audit"):
             self.audited += 1
-            return f"  audit  {str(record.get('label')):<7} (copy of an auto-accepted item, for a reviewer to check)"
+            return f"  audit  {record.get('label')!s:<7} (copy of an auto-accepted item, for a reviewer to check)"
         self.received += 1
         if topic == "deadletter":
             self.dead[record["error_type"]] += 1
             return f"  dead letter  {record['error_type']:<14} {_short(record['message'], 80)}"
+        rid: str = record["id"]  # every result and review record has one (schemas/classification_result)
         decision = record["decision"]
         self.seen.setdefault(rid, decision)
         self.calibrators[record.get("calibrator_version") or "?"] += 1
@@ -92,7 +92,7 @@ class Tally:
             mark = "✓" if ok else "✗"
         conf_s = f"{conf:.2f}" if conf is not None else " -- "
         why = f" ({record['review_reason']})" if decision == "review" else ""
-        return f"  {decision:<6} {str(label):<7} {conf_s} {mark}  {_short(texts.get(rid, ''))}{why}"
+        return f"  {decision:<6} {label!s:<7} {conf_s} {mark}  {_short(texts.get(rid, ''))}{why}"
 
     @property
     def total(self) -> int:
@@ -159,7 +159,8 @@ async def traffic(settings: Settings, count: int, timeout_s: float) -> bool:
     try:
         started = time.monotonic()
         for rid, text in texts.items():
-            req = {"id": rid, "task": TASK, "text": text, "metadata": {"true_label": truth[rid], "source": "rotten_tomatoes"}}
+            req = {"id": rid, "task": TASK, "text": text,
+                   "metadata": {"true_label": truth[rid], "source": "rotten_tomatoes"}}
             await producer.send(settings.topic("requests"), orjson.dumps(req), key=rid.encode())
         for _, raw in MALFORMED:
             await producer.send(settings.topic("requests"), raw, key=b"malformed")
@@ -195,8 +196,8 @@ async def answer_reviews(settings: Settings, limit: int) -> int:
     """Answer up to `limit` pending review items (audit samples first) with the critic's label from
     `metadata`: what a reviewer would do, so the dashboard's reliability and audited accuracy fill in."""
     from streams.kafka_io import read_topic
-    from streams.ops.review_queue import answer_record
     from streams.ops.review_cli import load_queue
+    from streams.ops.review_queue import answer_record
 
     tasks = load_tasks(settings.tasks_file)
     queue = await load_queue(settings, tasks)
@@ -210,8 +211,9 @@ async def answer_reviews(settings: Settings, limit: int) -> int:
     n = 0
     try:
         for item in items:
-            if truth.get(item.id) in tasks.tasks[TASK].labels:
-                record = answer_record(item, truth[item.id], "demo")
+            label = truth.get(item.id)
+            if isinstance(label, str) and label in tasks.tasks[TASK].labels:
+                record = answer_record(item, label, "demo")
                 await producer.send_and_wait(settings.topic("feedback"), orjson.dumps(record), key=item.id.encode())
                 n += 1
     finally:

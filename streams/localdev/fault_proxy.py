@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import signal
@@ -65,7 +66,7 @@ HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gat
 
 
 def _default_kinds() -> dict[str, float]:
-    return {kind: 1.0 for kind in FAULT_KINDS}
+    return dict.fromkeys(FAULT_KINDS, 1.0)
 
 
 @dataclass
@@ -213,10 +214,8 @@ class FaultProxy:
             self._reset(request)
             raise asyncio.CancelledError  # nothing to answer on a dead connection; aiohttp drops the handler
         if kind == "timeout":
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), cfg.timeout_s)
-            except TimeoutError:
-                pass
             self._reset(request)
             raise asyncio.CancelledError
         if kind == "not_json":
@@ -266,10 +265,8 @@ class FaultProxy:
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         transport.abort()
 
     async def _forward(self, request: web.Request) -> tuple[int, str, bytes] | None:

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,7 +36,7 @@ class ChildProcess:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ChildProcess:
+    def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -49,7 +50,8 @@ class ChildProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; see {self.log_path}:\n{self.tail()}")
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; "
+                                   f"see {self.log_path}:\n{self.tail()}")
             if ready():
                 return
             time.sleep(0.1)
@@ -84,7 +86,7 @@ class ChildProcess:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> ChildProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -82,7 +82,7 @@ class SyntheticConfig:
     def distribution(self, forced: str | None = None) -> list[tuple[str, float]]:
         """Token probabilities, most likely first; a forced label (even one outside `labels`) gets `force_prob`."""
         if forced is None:
-            weights = dict(zip(self.labels, self.label_probs))
+            weights = dict(zip(self.labels, self.label_probs, strict=True))
         else:
             others = [label for label in self.labels if label != forced]
             weights = {label: (1 - self.force_prob) / 2 / len(others) for label in others} if others else {}

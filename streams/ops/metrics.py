@@ -1,7 +1,8 @@
 """Prometheus metrics for the worker's `/metrics`. No Kafka or Faust here, so it is unit-tested alone.
 
-Counters are fed by hooks on the classify path (`observe_outputs`: one call per request, a few µs)
-and by `instrument_model` (wraps the model client's call: in flight, latency, errors). Gauges whose
+Counters are fed by the classify path (`observe_outputs`: one call per request) and by the model
+client itself (`ServiceMetrics` is its `CallObserver`: every call of every confidence method, canary
+and probe: in flight, latency, errors, tokens, cost). Gauges whose
 truth lives elsewhere (review queue, drift status, consumer lag) are read at scrape time by a
 collector, so they are never stale. Series are per worker; sum or max them across workers in
 Prometheus (deploy/alert-rules.yml does).
@@ -19,7 +20,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from streams.errors import ModelError
 from streams.ops.review_queue import ReviewQueue
 from streams.ops.stats import DriftHistory, TrafficStats, outcome_of
 
@@ -41,12 +41,12 @@ class ServiceMetrics:
                                 "item sent for checking), dead_letter", ["task", "outcome"], registry=r)
         self.review_reasons = Counter(f"{NS}_review_reasons", "Items sent to review, by reason",
                                       ["task", "reason"], registry=r)
-        self.latency = Histogram(f"{NS}_model_latency_seconds", "Model call time as the classify path sees it "
-                                 "(retries and circuit waits included)", ["task"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(f"{NS}_model_latency_seconds", "Model call time (retries and circuit waits "
+                                 "included)", ["task"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_errors = Counter(f"{NS}_model_errors", "Model calls that failed after retries, by kind",
                                     ["task", "kind"], registry=r)
-        self.model_calls = Counter(f"{NS}_model_calls", "Model calls made by the classify path", ["task"],
-                                   registry=r)
+        self.model_calls = Counter(f"{NS}_model_calls", "Model calls (every method's, samples and continuations "
+                                   "included; task is empty for capability probes)", ["task"], registry=r)
         self.retries = Counter(f"{NS}_model_retries", "HTTP retries of model calls by the openai client",
                                registry=r)
         self.in_flight = Gauge(f"{NS}_model_calls_in_flight", "Model calls in flight in this worker", registry=r)
@@ -74,17 +74,27 @@ class ServiceMetrics:
         if outcome == "review":
             self.review_reasons.labels(task, str(record.get("review_reason") or "unknown")).inc()
         if outcome == "audit":
-            return  # the same request was counted as auto: its tokens and confidence too
+            return  # the same request was counted as auto: its confidence too
         if confidence is not None:
             self.confidence.labels(task, outcome).observe(confidence)
-        usage = record.get("usage") or {}
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        if prompt or completion:
-            self.tokens.labels(task, "prompt").inc(prompt)
-            self.tokens.labels(task, "completion").inc(completion)
-            price = self.token_prices.get(str(record.get("model")))
+
+    # The model client's CallObserver: every call, whichever method, canary or probe made it.
+    def call_started(self, task: str) -> None:
+        self.in_flight.inc()
+        self.model_calls.labels(task).inc()
+
+    def call_finished(self, task: str, model: str, seconds: float, error: str | None, prompt_tokens: int,
+                      completion_tokens: int) -> None:
+        self.in_flight.dec()
+        self.latency.labels(task).observe(seconds)
+        if error is not None and error != "cancelled":  # a cancelled call is the worker's doing, not the model's
+            self.model_errors.labels(task, error).inc()
+        if prompt_tokens or completion_tokens:
+            self.tokens.labels(task, "prompt").inc(prompt_tokens)
+            self.tokens.labels(task, "completion").inc(completion_tokens)
+            price = self.token_prices.get(model)
             if price is not None:
-                self.cost.labels(task).inc((prompt * price[0] + completion * price[1]) / 1e6)
+                self.cost.labels(task).inc((prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6)
 
     def observe_outputs(self, outputs: Iterable[Any]) -> None:
         """Hook for the classify agent: its `Output`s (topic, key, value bytes) after publishing."""
@@ -157,26 +167,6 @@ class StateCollector(Collector):
         yield stalled
 
 
-def instrument_model(client: Any, metrics: ServiceMetrics, method: str = "first_token") -> None:
-    """Wrap the client's call (`method(task, text)`) to count calls in flight, latency and errors."""
-    original = getattr(client, method)
-
-    async def call(task: Any, text: str, *args: Any, **kwargs: Any) -> Any:
-        metrics.in_flight.inc()
-        metrics.model_calls.labels(task.name).inc()
-        started = time.perf_counter()
-        try:
-            return await original(task, text, *args, **kwargs)
-        except ModelError as exc:
-            metrics.model_errors.labels(task.name, exc.kind).inc()
-            raise
-        finally:
-            metrics.in_flight.dec()
-            metrics.latency.labels(task.name).observe(time.perf_counter() - started)
-
-    setattr(client, method, call)
-
-
 class RetryLogCounter(logging.Filter):
     """Counts the openai client's retries from its own log line, the only place it reports them.
 
@@ -201,7 +191,3 @@ def count_retries(metrics: ServiceMetrics) -> RetryLogCounter:
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)  # explicit, so a later root level (worker -l warning) cannot hide it
     return counter
-
-
-#: The worker's metrics; the classify agent calls `METRICS.observe_outputs(outputs)` once per request.
-METRICS = ServiceMetrics()

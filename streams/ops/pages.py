@@ -16,6 +16,8 @@ from streams.ops.review_queue import Order, PendingItem, ReviewQueue
 from streams.ops.stats import DriftHistory, History, TrafficStats, audited_accuracy, reliability
 from streams.tasks import TaskRegistry
 
+NO_VALUE = "\u2013"  # an en dash: shown where a figure has no value yet
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:18px;color:#222;background:#f6f7f9}
 h1{font-size:20px;margin:0 0 4px} h2{font-size:17px;margin:18px 0 6px}
@@ -57,25 +59,25 @@ def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drif
               queue: ReviewQueue, loaded: bool, now: float | None = None, refresh_s: int = 10) -> str:
     """Per task: throughput, review rate, audited accuracy, plots, drift against thresholds, queue."""
     now = time.time() if now is None else now
-    parts = [f'<h1>llm-classify dashboard</h1><p class="muted">{time.strftime("%Y-%m-%d %H:%M:%S")} · '
-             f'throughput, review rate and confidence are this worker\'s share; review queue, answers and drift '
-             f'are the whole service\'s (read from their topics){"" if loaded else " · loading review queue…"}</p>']
+    parts = [(f'<h1>llm-classify dashboard</h1><p class="muted">{time.strftime("%Y-%m-%d %H:%M:%S")} · '
+              f'throughput, review rate and confidence are this worker\'s share; review queue, answers and drift '
+              f'are the whole service\'s (read from their topics){"" if loaded else " · loading review queue…"}</p>')]
     queue_stats = queue.stats(now)
     for name, task in tasks.tasks.items():
         rates = history.rates(name)
-        counts = traffic.counts.get(name, {})
+        counts: Mapping[str, int] = traffic.counts.get(name, {})
         classified = counts.get("auto", 0) + counts.get("review", 0)
         accuracy, n_audited = audited_accuracy(queue.outcomes.get(name, ()))
         q = queue_stats.get(name, {"depth": 0, "oldest_age_s": 0.0})
         status = drift.latest.get(name, {})
         drift_open = [k for k in ("data", "model") if status.get(f"{k}_drift_open")]
         kpis = [
-            _kpi(f"{rates['throughput'][-1][1]:.2f}/s" if rates["throughput"] else "–", "throughput (last 5 s)"),
-            _kpi(f"{counts.get('review', 0) / classified:.1%}" if classified else "–",
+            _kpi(f"{rates['throughput'][-1][1]:.2f}/s" if rates["throughput"] else NO_VALUE, "throughput (last 5 s)"),
+            _kpi(f"{counts.get('review', 0) / classified:.1%}" if classified else NO_VALUE,
                  f"review rate ({classified} classified)"),
-            _kpi(f"{accuracy:.1%}" if accuracy is not None else "–", f"accuracy on audited items (n={n_audited})"),
+            _kpi(f"{accuracy:.1%}" if accuracy is not None else NO_VALUE, f"accuracy on audited items (n={n_audited})"),
             _kpi(str(int(q["depth"])), "review queue depth"),
-            _kpi(_age(q["oldest_age_s"]) if q["depth"] else "–", "oldest pending item"),
+            _kpi(_age(q["oldest_age_s"]) if q["depth"] else NO_VALUE, "oldest pending item"),
             _kpi(", ".join(drift_open) + " drift" if drift_open else "none", "open drift alerts",
                  "alert" if drift_open else ""),
         ]
@@ -85,7 +87,8 @@ def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drif
         charts = [
             plots.line_chart("Throughput", {"classified/s": rates["throughput"]}, "items/s"),
             plots.line_chart("Review rate", {"sent to review": rates["review_rate"]}, "share", y_max=1.0),
-            plots.histogram_chart("Confidence (calibrated)", traffic.confidence.get(name, [0] * 20), threshold=threshold),
+            plots.histogram_chart("Confidence (calibrated)", traffic.confidence.get(name, [0] * 20),
+                                  threshold=threshold),
             plots.reliability_chart("Reliability (answered items)", reliability(queue.outcomes.get(name, ()))),
             plots.line_chart("Drift: traffic vs baseline", {k: [(t, v) for t, v, _, _ in s] for k, s in
                                                              traffic_families.items()},
@@ -126,8 +129,8 @@ def review_page(tasks: TaskRegistry, queue: ReviewQueue, order: Order = "oldest"
         for o, label in (("oldest", "oldest first"), ("confidence", "lowest confidence first")))
     filters = " · ".join([f'<a href="/review/?{urlencode({"order": order})}">all tasks</a>'] + [
         f'<a href="/review/?{urlencode({"order": order, "task": n})}">{escape(n)}</a>' for n in tasks.tasks])
-    head = [f'<h1>Review queue</h1><p class="muted">{total} pending{"" if loaded else " (loading…)"} · '
-            f'sort: {sort} · {filters}</p>']
+    head = [(f'<h1>Review queue</h1><p class="muted">{total} pending{"" if loaded else " (loading…)"} · '
+             f'sort: {sort} · {filters}</p>')]
     if answered:
         head.append(f'<p class="answered">answered <b>{escape(answered)}</b>; the final result follows on the '
                     f'results topic</p>')
@@ -142,7 +145,7 @@ def review_page(tasks: TaskRegistry, queue: ReviewQueue, order: Order = "oldest"
         buttons = "".join(f'<button type="submit" name="label" value="{escape(lbl)}">{escape(lbl)}</button>'
                           for lbl in labels)
         why = item.reason + (f" ({item.model_error})" if item.model_error else "")
-        conf = f"{item.confidence:.2f}" if item.confidence is not None else "–"
+        conf = f"{item.confidence:.2f}" if item.confidence is not None else NO_VALUE
         rows.append(
             f'<div class="item" data-id="{escape(item.id)}"><div class="muted">{escape(item.task)} · id '
             f'{escape(item.id)} · waiting {_age(max(now - item.queued_at, 0))} · routed: <b>{escape(why)}</b>'

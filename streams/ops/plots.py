@@ -73,7 +73,8 @@ class _Frame:
             anchor = "end" if x > W - R - 24 else "middle"
             label = time.strftime("%H:%M:%S", time.localtime(t)) if x_time else _fmt(t)
             out.append(f'<text x="{x:.1f}" y="{H - B + 13}" text-anchor="{anchor}" font-size="10">{label}</text>')
-        out.append(f'<text x="{(L + W - R) / 2}" y="{H - 4}" text-anchor="middle" font-size="11">{escape(x_label)}</text>')
+        out.append(f'<text x="{(L + W - R) / 2}" y="{H - 4}" text-anchor="middle" font-size="11">'
+                   f'{escape(x_label)}</text>')
         out.append(f'<text x="12" y="{(T + H - B) / 2}" text-anchor="middle" font-size="11" '
                    f'transform="rotate(-90 12 {(T + H - B) / 2})">{escape(y_label)}</text>')
         return "".join(out)
@@ -150,7 +151,8 @@ def reliability_chart(title: str, bins: Sequence[Mapping[str, float]]) -> str:
         y = f.y(b["accuracy"])
         body.append(f'<rect class="bar" x="{x0 + 1:.1f}" y="{y:.1f}" width="{x1 - x0 - 2:.1f}" '
                     f'height="{f.y(0) - y:.1f}" fill="{COLORS[0]}" fill-opacity="0.35"/>'
-                    f'<circle class="point" cx="{f.x(b["confidence"]):.1f}" cy="{y:.1f}" r="{2 + min(b["n"], 200) ** 0.5 / 2:.1f}" '
+                    f'<circle class="point" cx="{f.x(b["confidence"]):.1f}" cy="{y:.1f}" '
+                    f'r="{2 + min(b["n"], 200) ** 0.5 / 2:.1f}" '
                     f'fill="{COLORS[0]}"><title>{int(b["n"])} items: confidence {b["confidence"]:.2f}, '
                     f'accuracy {b["accuracy"]:.2f}</title></circle>')
     body.append(f'<text x="{W - R - 4}" y="{H - B - 6}" text-anchor="end" font-size="10" fill="#555">'

@@ -40,7 +40,8 @@ async def load_queue(settings: Settings, tasks: TaskRegistry) -> ReviewQueue:
 def describe(item: PendingItem, labels: tuple[str, ...], now: float, out: TextIO) -> None:
     conf = f"{item.confidence:.2f}" if item.confidence is not None else "-"
     probs = "  ".join(f"{k} {v:.2f}" for k, v in sorted(item.probabilities.items(), key=lambda kv: -kv[1])) or "none"
-    why = item.reason + (f" ({item.model_error})" if item.model_error else "") + (" · audit sample" if item.audit else "")
+    why = (item.reason + (f" ({item.model_error})" if item.model_error else "")
+           + (" · audit sample" if item.audit else ""))
     print(f"\n[{item.task}] {item.id}  waiting {max(now - item.queued_at, 0):.0f} s  routed: {why}", file=out)
     print(f"model: {item.label} at {conf}   probabilities: {probs}", file=out)
     print("-" * 72, file=out)

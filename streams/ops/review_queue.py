@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from streams.stamps import SCHEMA_VERSION, now_iso
+
 Order = Literal["oldest", "confidence"]
 
 
@@ -85,7 +87,8 @@ class ReviewQueue:
     def add_item(self, record: Mapping[str, Any], now: float) -> bool:
         """A record from the review topic; True when it became pending."""
         rid, task = record.get("id"), record.get("task")
-        if not isinstance(rid, str) or task not in self.labels or not isinstance(record.get("text"), str):
+        if (not isinstance(rid, str) or not isinstance(task, str) or task not in self.labels
+                or not isinstance(record.get("text"), str)):
             return False
         if rid in self.pending or rid in self.answered:
             return False  # a replayed duplicate, or already answered: not offered again
@@ -105,7 +108,8 @@ class ReviewQueue:
     def add_answer(self, record: Mapping[str, Any], now: float) -> Outcome | None:
         """A record from the feedback topic; the outcome when it answered a pending item."""
         rid, task, label = record.get("id"), record.get("task"), record.get("label")
-        if not isinstance(rid, str) or task not in self.labels or label not in self.labels[task]:
+        if (not isinstance(rid, str) or not isinstance(task, str) or task not in self.labels
+                or label not in self.labels[task]):
             return None  # the feedback agent dead-letters these; the item stays pending
         item = self.pending.get(rid)
         if item is not None and item.task != task:
@@ -162,8 +166,6 @@ class ReviewQueue:
 def answer_record(item: PendingItem, label: str, reviewer: str | None = None, note: str | None = None,
                   answered_at: str | None = None) -> dict[str, Any]:
     """The feedback record (schemas/feedback.schema.json) a reviewer's choice becomes; key it by id."""
-    from streams.classify.records import SCHEMA_VERSION, now_iso
-
     record: dict[str, Any] = {"id": item.id, "task": item.task, "label": label,
                               "answered_at": answered_at or now_iso(), "schema_version": SCHEMA_VERSION}
     if reviewer:

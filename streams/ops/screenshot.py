@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         path = screenshot(args.url, Path(args.out), args.width, args.height)
-    except Exception as exc:  # no browser, page unreachable: say which
+    except Exception as exc:  # noqa: BLE001 - the CLI's boundary: no browser, page unreachable...: one line, exit 1
         print(f"error: screenshot of {args.url} failed: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({path.stat().st_size} bytes)")

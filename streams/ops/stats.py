@@ -8,6 +8,7 @@ it, so drift plots are the whole service's). Every buffer is bounded.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ class History:
         ring = list(self.samples.get(task, ()))
         out: dict[str, list[tuple[float, float]]] = {"throughput": [], "review_rate": [], "depth": [],
                                                      "oldest_age_s": []}
-        for prev, cur in zip(ring, ring[1:], strict=False):
+        for prev, cur in itertools.pairwise(ring):
             dt = cur.at - prev.at
             if dt <= 0:
                 continue
@@ -109,7 +110,8 @@ class DriftHistory:
                 values[family] = (float(v["value"]), float(v.get("threshold", 0.0)), bool(v.get("drifted")))
         canary = last.get("canary") or {}
         if isinstance(canary.get("value"), (int, float)):
-            values["canary"] = (float(canary["value"]), float(canary.get("threshold", 0.0)), bool(canary.get("drifted")))
+            values["canary"] = (float(canary["value"]), float(canary.get("threshold", 0.0)),
+                                bool(canary.get("drifted")))
         if not values:
             return False
         ring = self.points.setdefault(task, deque(maxlen=self.maxlen))

@@ -93,7 +93,8 @@ def test_calibrate_command_publishes_a_calibrator_that_a_running_worker_hot_relo
     rows = []
     for i in range(300):
         said = rng.choice(["fresh", "rotten"])
-        truth = said if rng.random() < 0.75 else ("rotten" if said == "fresh" else "fresh")  # model is 95% sure, 75% right
+        # the model is 95% sure and 75% right
+        truth = said if rng.random() < 0.75 else ("rotten" if said == "fresh" else "fresh")
         rows.append({"id": f"cal{i}", "text": f"labelled {i} [[label={said}]]", "label": truth})
     data = workdir / "labelled.jsonl"
     data.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))

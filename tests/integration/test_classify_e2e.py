@@ -44,8 +44,9 @@ def test_valid_requests_arrive_once_and_malformed_ones_are_dead_lettered(
                                                                "STREAMS_DEADLETTER_EXCERPT_BYTES": "64"})
     requests = {f"r{i}": text for i, (text, _) in enumerate(REVIEWS)}
     with worker.process():
-        messages = [(rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": text, "metadata": {"n": i}}))
-                    for i, (rid, text) in enumerate(requests.items())]
+        messages: list[tuple[bytes, bytes | None]] = [
+            (rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": text, "metadata": {"n": i}}))
+            for i, (rid, text) in enumerate(requests.items())]
         messages += [(key, value) for key, value, _ in MALFORMED]
         run(produce(broker.bootstrap, worker.topic("requests"), messages))
         topics = {worker.topic(t): t for t in ("results", "review", "deadletter")}

@@ -13,7 +13,7 @@ import orjson
 
 from streams import schemas
 from streams.classify.model_client import ModelClient
-from streams.confidence.methods import ConfidenceRunner, choose_method
+from streams.confidence.methods import MethodRunner, choose_method
 from streams.confidence.probe import probe_endpoint
 from streams.localdev.broker import EmbeddedBroker
 from streams.localdev.model_server import LocalModelServer
@@ -66,7 +66,7 @@ def test_every_method_runs_on_the_local_model_and_the_probe_falls_back_without_l
 
     async def scenario() -> tuple:
         caps = await probe_endpoint(client, task.model)
-        runner = ConfidenceRunner(client)
+        runner = MethodRunner(client)
         results = {}
         for method in ("first_token_logprobs", "sequence_scores", "self_consistency", "verbalized", "ensemble"):
             results[method] = await runner.run(task, method, "Dull, clumsy and far too long; I nearly walked out.",
@@ -96,7 +96,7 @@ def test_every_method_runs_on_the_local_model_and_the_probe_falls_back_without_l
     sc_run = results["self_consistency"]
     assert sc_run.samples is not None and 2 <= sc_run.samples <= 6 and sc_run.requests == -(-sc_run.samples // 2)
     assert sc_run.interval is not None and 0 <= sc_run.interval[0] < sc_run.interval[1] <= 1
-    assert set(results["ensemble"].members) == {"first_token_logprobs", "verbalized"}
+    assert set(results["ensemble"].members) == {"first_token_logprobs@gemma3-270m", "verbalized@gemma3-270m"}
     assert results["ensemble"].requests == 2
 
     assert not caps_off.logprobs and not caps_off.continuation and caps_off.temperature

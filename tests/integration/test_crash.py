@@ -6,6 +6,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -23,6 +24,11 @@ from tests.integration.harness import (
     wait_ready,
     write_tasks,
 )
+
+
+def _at_least(count: float) -> Callable[[list[Received]], bool]:
+    """`collect`'s stop condition: at least `count` records received."""
+    return lambda got: len(got) >= count
 
 
 def _requests(n: int, prefix: str, seed: int) -> list[tuple[bytes, bytes]]:
@@ -85,7 +91,7 @@ def test_repeated_kill_9_on_a_20k_stream_loses_nothing(broker: EmbeddedBroker, w
         points = sorted(rng.uniform(0.1, 0.8) for _ in range(kills))
         for share in points:  # kill -9 at random points while calls are in flight
             proc = wait_ready(worker.process().start())
-            run(collect(broker.bootstrap, outputs, lambda g, s=share: len(g) >= s * n, timeout_s=300, settle_s=0))
+            run(collect(broker.bootstrap, outputs, _at_least(share * n), timeout_s=300, settle_s=0))
             time.sleep(rng.uniform(0, 0.5))
             proc.kill()
         with worker.process():

@@ -156,7 +156,7 @@ def test_dashboard_plots_and_a_review_answered_in_the_browser(broker: EmbeddedBr
     assert any(name == "llm_classify_drift_statistic" for name, _ in metrics)
 
 
-class urllib_open:  # noqa: N801 - a tiny context manager: GET a URL and give its text
+class urllib_open:  # lower case on purpose: a tiny context manager, GET a URL and give its text
     def __init__(self, url: str) -> None:
         self.url = url
 

@@ -47,9 +47,9 @@ def test_a_label_mix_shift_opens_exactly_one_data_drift_episode(broker: Embedded
             wait_ready(proc)
             _traffic(worker, 7, 0.8, rng)  # mix A: 80% fresh
             time.sleep(1.5)  # the last partial summaries are flushed every second
-            proc = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "6")
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            assert "published baseline" in proc.stdout
+            baseline = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "6")
+            assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+            assert "published baseline" in baseline.stdout
             _traffic(worker, 6, 0.8, rng)  # still mix A: no alert
             quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
             _traffic(worker, 9, 0.5, rng)  # mix B: 50% fresh, a 30-point shift

@@ -27,7 +27,8 @@ def hostile(rng: random.Random, i: int) -> tuple[bytes | None, bytes | None, str
         depth = rng.choice([10, 300, 2000])
         return rid.encode(), b"[" * depth + b"]" * depth, None
     if kind == 2:
-        return rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": "x" * rng.randrange(5000, 50_000)}), None
+        text = "x" * rng.randrange(5000, 50_000)
+        return rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": text}), None
     if kind == 3:
         field = rng.choice(["id", "task", "text", "metadata"])
         doc: dict = {"id": rid, "task": "sentiment", "text": "ok"}
@@ -36,7 +37,8 @@ def hostile(rng: random.Random, i: int) -> tuple[bytes | None, bytes | None, str
         still_valid = field == "metadata" and (value is None or isinstance(value, dict))
         return rid.encode(), orjson.dumps(doc), rid if still_valid else None
     if kind == 4:
-        return rid.encode(), b'{"id": "' + rid.encode() + b'", "task": "sentiment", "text": "\xc0\xaf\xed\xa0\x80"}', None
+        bad_utf8 = b'", "task": "sentiment", "text": "\xc0\xaf\xed\xa0\x80"}'
+        return rid.encode(), b'{"id": "' + rid.encode() + bad_utf8, None
     if kind == 5:
         # A lone surrogate escape is not valid JSON text for orjson: a dead letter, not a crash.
         return rid.encode(), b'{"id": "' + rid.encode() + b'", "task": "sentiment", "text": "\\ud800"}', None
@@ -80,7 +82,8 @@ def test_every_hostile_message_gets_exactly_one_output(broker: EmbeddedBroker, w
         else:
             by_id[payload["id"]] += 1
             assert payload["label"] in ("fresh", "rotten", None)
-    expected_dead = Counter((m.partition, m.offset) for m, (_, _, rid) in zip(metas, messages) if rid is None)
+    expected_dead = Counter((m.partition, m.offset)
+                            for m, (_, _, rid) in zip(metas, messages, strict=True) if rid is None)
     kinds = Counter(r.json()["error_type"] for r in got if r.topic.endswith("deadletter"))
     print(f"injected: {len(messages)} hostile messages ({len(valid)} valid but odd, {len(messages) - len(valid)} bad); "
           f"counted: results+review {sum(by_id.values())}, dead letters {sum(by_source.values())} {dict(kinds)}, "

@@ -197,3 +197,33 @@ def _json(worker: Worker, path: str) -> Any:
             return orjson.loads(resp.read())
     except OSError:
         return None
+
+
+def test_metrics_count_every_call_of_a_self_consistency_task(broker: EmbeddedBroker, workdir: Path) -> None:
+    """Calls are counted inside the model client, so a method that samples several answers per request
+    shows every sample's call on /metrics, and the count matches what the model server saw."""
+    n = 12
+    with SyntheticModel(workdir, "--seed", "5") as model:
+        path = write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic", threshold=0.6)
+        path.write_text(path.read_text() + '\n[task.confidence]\nmethods = ["self_consistency"]\n'
+                        '[task.confidence.self_consistency]\nbatch = 1\nmin_samples = 3\nbudget = 8\n')
+        worker = Worker(broker.bootstrap, path, workdir,
+                        extra_env={"STREAMS_TOKEN_PRICES": f"synthetic={PRICE[0]}:{PRICE[1]}"})
+        with worker.process() as proc:
+            wait_ready(proc)
+            msgs = [(f"sc{i}".encode(), orjson.dumps({"id": f"sc{i}", "task": "sentiment", "text": f"film {i}"}))
+                    for i in range(n)]
+            run(produce(broker.bootstrap, worker.topic("requests"), msgs))
+            got = run(collect(broker.bootstrap, [worker.topic("results"), worker.topic("review")],
+                              lambda g: len({r.key for r in g}) >= n, timeout_s=60))
+            records = {r.key: r.json() for r in got if not r.json().get("audit")}
+            m = wait_for(lambda: (x := scrape(worker.web_port)) and
+                         total(x.get("llm_classify_requests_total", {})) >= n and x, 20, "every outcome counted")
+            served = model.stats()["requests"]
+    assert all(r["method"] == "self_consistency" for r in records.values())
+    calls = sum(r["requests"] for r in records.values())
+    assert calls >= 3 * n, "at least min_samples calls per request (one sample per call)"
+    assert total(m["llm_classify_model_calls_total"], task="sentiment") == calls == served
+    assert total(m["llm_classify_model_latency_seconds_count"], task="sentiment") == calls
+    prompt = sum(r["usage"]["prompt_tokens"] for r in records.values())
+    assert total(m["llm_classify_tokens_total"], task="sentiment", kind="prompt") == prompt > 0

@@ -98,7 +98,8 @@ def _psutil_listeners(port: int) -> list[str] | None:
         conns = psutil.net_connections(kind="tcp")
     except (psutil.AccessDenied, OSError):
         return None
-    return [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    # laddr is () for a socket with no local address yet, never for a listening one
+    return [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
 
 
 def listen_addresses(port: int) -> tuple[str, list[str]] | None:
@@ -151,8 +152,8 @@ def test_api_key_never_reaches_logs_or_topics_and_web_binds_loopback(broker: Emb
                 (b"too-long", orjson.dumps({"id": "too-long", "task": "sentiment", "text": "y" * 600})),
                 (b"empty", None),
             ]
-            messages = [(rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": t}))
-                        for rid, t in valid.items()]
+            messages: list[tuple[bytes, bytes | None]] = [
+                (rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": t})) for rid, t in valid.items()]
             run(produce(broker.bootstrap, worker.topic("requests"), messages + malformed))
             got = run(collect(broker.bootstrap, list(topics), lambda g: len(g) >= len(valid) + len(malformed),
                               timeout_s=90, settle_s=1))

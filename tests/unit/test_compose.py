@@ -169,10 +169,10 @@ def test_kafka_is_apache_image_in_kraft_mode() -> None:
     # The controller listener named in KAFKA_CONTROLLER_LISTENER_NAMES must be a listener, and the
     # quorum voter must be this node on that listener's port.
     controller = env.get("KAFKA_CONTROLLER_LISTENER_NAMES", "")
-    listeners = dict(
-        (name, int(hostport.rpartition(":")[2]))
+    listeners = {
+        name: int(hostport.rpartition(":")[2])
         for name, _, hostport in (e.strip().partition("://") for e in env.get("KAFKA_LISTENERS", "").split(","))
-    )
+    }
     assert controller in listeners, f"{controller!r} not in KAFKA_LISTENERS"
     voter = env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "")
     assert voter.startswith(f"{env.get('KAFKA_NODE_ID')}@"), voter

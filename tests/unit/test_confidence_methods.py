@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from streams.confidence.answers import answer_label
 from streams.confidence.ensemble import pool
-from streams.confidence.methods import choose_method, supports
-from streams.confidence.probe import Capabilities, ProbeCache, logprobs_usable
+from streams.confidence.capabilities import Capabilities
+from streams.confidence.methods import METHODS, choose_method
+from streams.confidence.probe import ProbeCache, logprobs_usable
 from streams.confidence.sequence_scoring import advance, combine, start_paths
 from streams.confidence.verbalized import UNPARSED_MARGIN, messages, parse, parse_confidence
 from streams.errors import ConfigError, ModelError
@@ -159,8 +160,8 @@ def test_the_first_supported_method_is_chosen() -> None:
     assert choose_method(task, lambda ep: _caps(logprobs=False))[0] == "self_consistency"
     assert choose_method(task, lambda ep: _caps(logprobs=False, temperature=False))[0] == "verbalized"
     assert choose_method(task, lambda ep: None)[0] == "first_token_logprobs"  # not probed: the first one
-    assert supports("sequence_scores", _caps(continuation=False, echo=True))
-    assert not supports("sequence_scores", _caps(continuation=False))
+    assert METHODS["sequence_scores"].supported(task, lambda ep: _caps(continuation=False, echo=True))
+    assert not METHODS["sequence_scores"].supported(task, lambda ep: _caps(continuation=False))
     default = parse_tasks(TASKS.replace('methods = ["first_token_logprobs", "sequence_scores", '
                                         '"self_consistency", "verbalized"]', ""), "t", {}).tasks["t"]
     assert default.confidence.methods == ("first_token_logprobs",)

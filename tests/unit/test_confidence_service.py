@@ -42,7 +42,7 @@ async def _run(logprobs: bool, texts: list[str], calibrator: dict[str, Any] | No
         tasks = parse_tasks(_tasks(server.base_url, *([methods] if methods else [])), "test", {})
         c = Classifier(tasks, ModelClient(5, 1), 1000, 256)
         if calibrator is not None:
-            assert c.apply_calibrator(calibrator)
+            assert c.calibrators.apply(calibrator)
         out = []
         for i, text in enumerate(texts):
             outputs = await c.process(orjson.dumps({"id": f"r{i}", "task": "t", "text": text}), b"k", SOURCE)
@@ -81,12 +81,13 @@ def test_each_method_has_its_own_calibrator() -> None:
     cal = TemperatureScaling().fit(np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]] * 10),
                                    np.array([0, 1, 1, 0] * 10))
     metrics = {"ece": 0.1, "brier": 0.2, "nll": 0.5}
-    rec = calibrator_record("t", "synthetic", ("fresh", "rotten"), cal, 40, 0, metrics, metrics, "calibrate")
-    rec["confidence_method"] = "verbalized"
+    rec = calibrator_record("t", "verbalized", "synthetic", ("fresh", "rotten"), cal, 40, 0, metrics, metrics,
+                            "calibrate")
     schemas.validate("calibrator", rec)
     records, c = asyncio.run(_run(False, ["a fine film"], rec))
     assert records[0]["calibrator_version"] == rec["version"], "the verbalised method uses its own calibrator"
-    assert c.calibrators["t"].version != rec["version"], "the first-token calibrator is untouched"
+    assert c.calibrators.calibrator("t", "first_token_logprobs", "synthetic").version != rec["version"], \
+        "the first-token calibrator is untouched"
     single, c1 = asyncio.run(_run(False, ["a fine film"], rec, methods='["first_token_logprobs"]'))
     assert single[0]["method"] == "first_token_logprobs" and single[0]["review_reason"] == "no_logprobs"
     assert single[0]["calibrator_version"] != rec["version"] and not c1.probes.results, "one method: no probe"

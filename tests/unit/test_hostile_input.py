@@ -25,8 +25,9 @@ from streams import schemas
 from streams.calibration.feedback import Feedback, parse_feedback
 from streams.classify.model_client import ModelReply
 from streams.classify.records import Source
-from streams.classify.service import Classifier, Output, audit_draw
+from streams.classify.service import Classifier, audit_draw
 from streams.errors import BadRequest, ModelError
+from streams.publishing import Output
 from streams.settings import ENV_DEFAULTS
 from streams.tasks import TEXT_PLACEHOLDER, Task, TaskRegistry, parse_tasks
 
@@ -56,7 +57,7 @@ FAST = settings(max_examples=60, deadline=None, database=None, suppress_health_c
 # --------------------------------------------------------------------------- a scripted model
 
 LN = math.log
-BEHAVIOURS: dict[str, list[tuple[str, float]] | None | str] = {
+BEHAVIOURS: dict[str, list[tuple[str, float]] | str | None] = {
     "confident": [("fresh", LN(0.97)), ("rotten", LN(0.02)), ("yes", LN(0.97)), ("no", LN(0.02))],
     "unsure": [("fresh", LN(0.5)), ("rotten", LN(0.45)), ("yes", LN(0.5)), ("no", LN(0.45))],
     "banana": [("banana", LN(0.9)), ("Banana", LN(0.06)), ("fresh", LN(0.02)), ("yes", LN(0.01))],

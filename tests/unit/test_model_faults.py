@@ -7,6 +7,7 @@ endpoint, so retries (and their absence while the circuit is open) are proven by
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -84,7 +85,7 @@ def test_every_failing_fault_kind_ends_in_the_right_model_error_after_retries() 
 
     async def run() -> dict[str, Any]:
         results = await asyncio.gather(*(single_fault(kind, max_retries) for kind in ERROR_KINDS))
-        return dict(zip(ERROR_KINDS, results))
+        return dict(zip(ERROR_KINDS, results, strict=True))
 
     results = asyncio.run(run())
     for kind, (error_kind, text) in ERROR_KINDS.items():
@@ -102,7 +103,7 @@ def test_every_failing_fault_kind_ends_in_the_right_model_error_after_retries() 
 def test_answers_without_logprobs_or_off_the_label_set_come_back_as_replies() -> None:
     async def run() -> dict[str, Any]:
         kinds = ("no_logprobs", "off_label")
-        return dict(zip(kinds, await asyncio.gather(*(single_fault(kind, 2) for kind in kinds))))
+        return dict(zip(kinds, await asyncio.gather(*(single_fault(kind, 2) for kind in kinds)), strict=True))
 
     results = asyncio.run(run())
     reply, stats, _ = results["no_logprobs"]
@@ -161,13 +162,13 @@ def test_retry_after_is_honoured() -> None:
                 await client.close()
             assert isinstance(outcome, ModelError) and "HTTP 429" in outcome.message
             times = [t for t, _ in proxy.arrivals]
-            return [b - a for a, b in zip(times, times[1:])]
+            return [b - a for a, b in itertools.pairwise(times)]
 
     async def run() -> tuple[list[float], list[float]]:
         kinds = {"rate_limit_retry_after": 1.0}
         with_ms = FaultConfig(fault_rate=1.0, kinds=kinds, retry_after_s=0.6)  # retry-after-ms: 600, Retry-After: 1
         seconds_only = FaultConfig(fault_rate=1.0, kinds=kinds, retry_after_s=0.3, retry_after_ms_header=False)
-        return await asyncio.gather(gaps(with_ms), gaps(seconds_only))  # type: ignore[return-value]
+        return await asyncio.gather(gaps(with_ms), gaps(seconds_only))
 
     with_ms, seconds_only = asyncio.run(run())
     assert len(with_ms) == len(seconds_only) == 1
@@ -224,7 +225,7 @@ def test_circuit_breaker_stops_hammering_and_recovers_through_half_open_probes()
             breaker = client.breaker(task.model)
             try:
                 # 1. The endpoint is down: failures trip the breaker.
-                tripping = []
+                tripping: list[ModelReply | ModelError] = []
                 while breaker.state == "closed" and len(tripping) < 10:
                     tripping.append(await ask(client, task))
                 out["tripping"], out["state_after_trip"] = tripping, breaker.state

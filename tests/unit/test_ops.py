@@ -17,9 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams import schemas
 from streams.alerting import QueueAlarm, WebhookForwarder
+from streams.classify.model_client import ModelClient
+from streams.classify.records import Source
+from streams.classify.service import Classifier
+from streams.localdev.synthetic_model import SyntheticConfig, SyntheticModelServer
 from streams.errors import ConfigError, ModelError
 from streams.ops import pages, plots
-from streams.ops.metrics import ServiceMetrics, count_retries, instrument_model
+from streams.ops.metrics import ServiceMetrics, count_retries
 from streams.ops.review_cli import choose
 from streams.ops.review_queue import ReviewQueue, answer_record
 from streams.ops.stats import DriftHistory, History, TrafficStats, audited_accuracy, reliability
@@ -184,7 +188,7 @@ def parse(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for f in text_string_to_metric_families(text.decode()) for s in f.samples}
 
 
-def test_outputs_become_outcome_confidence_token_and_cost_series() -> None:
+def test_outputs_become_outcome_confidence_and_review_series() -> None:
     m = ServiceMetrics({"m": (1.0, 4.0)})
     Out = namedtuple("Out", "topic key value")
     usage = {"prompt_tokens": 100, "completion_tokens": 1}
@@ -201,49 +205,89 @@ def test_outputs_become_outcome_confidence_token_and_cost_series() -> None:
     assert s[(req, (("outcome", "audit"), ("task", "sentiment")))] == 1
     assert s[(req, (("outcome", "review"), ("task", "sentiment")))] == 1
     assert s[(req, (("outcome", "dead_letter"), ("task", "unknown")))] == 1
-    assert s[("llm_classify_tokens_total", (("kind", "prompt"), ("task", "sentiment")))] == 200, "audit not twice"
-    assert s[("llm_classify_estimated_cost_usd_total", (("task", "sentiment"),))] == pytest.approx((200 + 8) / 1e6)
+    assert not any(name.startswith("llm_classify_tokens_total") for name, _ in s), "tokens come from the calls"
     assert s[("llm_classify_confidence_bucket", (("decision", "review"), ("le", "0.65"), ("task", "sentiment")))] == 1
     assert s[("llm_classify_confidence_bucket", (("decision", "review"), ("le", "0.6"), ("task", "sentiment")))] == 0
     assert s[("llm_classify_review_reasons_total", (("reason", "low_confidence"), ("task", "sentiment")))] == 1
 
 
+SC_TASKS = """
+[[task]]
+name = "sc"
+labels = ["fresh", "rotten"]
+[task.model]
+base_url = "{url}"
+name = "synthetic"
+[task.confidence]
+methods = ["self_consistency"]
+[task.confidence.self_consistency]
+batch = 1
+min_samples = 3
+
+[[task]]
+name = "ft"
+labels = ["fresh", "rotten"]
+[task.model]
+base_url = "{url}"
+name = "synthetic"
+"""
+
+
+def test_every_model_call_is_counted_in_the_client_whatever_the_method() -> None:
+    """Calls, latency, in-flight, tokens and cost are measured inside ModelClient (its observer), so the
+    samples of self-consistency count as calls, not just one call per request; errors by kind too."""
+    m = ServiceMetrics({"synthetic": (1.0, 4.0)})
+    seen_in_flight: list[float] = []
+    original = m.call_started
+
+    def started(task: str) -> None:
+        original(task)
+        seen_in_flight.append(m.in_flight._value.get())
+
+    m.call_started = started  # type: ignore[method-assign]
+
+    async def go() -> tuple[list[dict[str, Any]], dict[str, int]]:
+        async with SyntheticModelServer(SyntheticConfig(latency_ms=20, seed=3)) as server:
+            tasks = parse_tasks(SC_TASKS.format(url=server.base_url), "test", {})
+            client = ModelClient(5, 0, observer=m)
+            c = Classifier(tasks, client, 1000, 256)
+            records = []
+            for task, n in (("sc", 4), ("ft", 3)):
+                outs = await asyncio.gather(*(c.process(orjson.dumps({"id": f"{task}{i}", "task": task, "text": "x"}),
+                                                        None, Source("r", 0, i)) for i in range(n)))
+                records += [orjson.loads(o[0].value) for o in outs]
+            stats = server.stats()
+            broken = parse_tasks(SC_TASKS.format(url="http://127.0.0.1:9/v1"), "test", {})
+            failed = await Classifier(broken, client, 1000, 256).process(
+                orjson.dumps({"id": "f", "task": "ft", "text": "x"}), None, Source("r", 0, 9))
+            assert orjson.loads(failed[0].value)["review_reason"] == "model_error"
+            await client.close()
+            return records, stats
+
+    records, stats = asyncio.run(go())
+    s = parse(m.exposition())
+    sc_requests = sum(r["requests"] for r in records if r["task"] == "sc")
+    assert sc_requests >= 4 * 3, "min_samples 3, one sample per request"
+    assert s[("llm_classify_model_calls_total", (("task", "sc"),))] == sc_requests
+    assert s[("llm_classify_model_calls_total", (("task", "ft"),))] == 3 + 1
+    assert stats["requests"] == sc_requests + 3, "every call the server saw was counted, no more"
+    assert s[("llm_classify_model_latency_seconds_count", (("task", "sc"),))] == sc_requests
+    assert s[("llm_classify_model_latency_seconds_bucket", (("le", "0.01"), ("task", "sc")))] == 0, "20 ms calls"
+    assert s[("llm_classify_model_errors_total", (("kind", "connection"), ("task", "ft")))] == 1
+    assert s[("llm_classify_model_calls_in_flight", ())] == 0 and max(seen_in_flight) >= 2
+    prompt = sum(r["usage"]["prompt_tokens"] for r in records if r["task"] == "sc")
+    completion = sum(r["usage"]["completion_tokens"] for r in records if r["task"] == "sc")
+    assert prompt > 0 and s[("llm_classify_tokens_total", (("kind", "prompt"), ("task", "sc")))] == prompt
+    assert s[("llm_classify_estimated_cost_usd_total", (("task", "sc"),))] == pytest.approx(
+        (prompt * 1.0 + completion * 4.0) / 1e6)
+
+
 def test_unpriced_models_have_no_cost_series() -> None:
     m = ServiceMetrics()
-    m.observe_record("results", {"task": "t", "decision": "auto", "confidence": 0.9, "model": "x",
-                                 "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
-    assert not any(name.startswith("llm_classify_estimated_cost_usd_total") for name, _ in parse(m.exposition()))
-
-
-def test_model_calls_in_flight_latency_and_errors() -> None:
-    m = ServiceMetrics()
-    Task = namedtuple("Task", "name")
-    seen_in_flight = []
-
-    class Client:
-        async def first_token(self, task: Any, text: str) -> str:
-            seen_in_flight.append(m.in_flight._value.get())
-            await asyncio.sleep(0.01)
-            if text == "fail":
-                raise ModelError("timeout", "no answer")
-            return "ok"
-
-    client = Client()
-    instrument_model(client, m)
-
-    async def go() -> list[Any]:
-        return await asyncio.gather(*(client.first_token(Task("t"), x) for x in ("a", "b", "fail")),
-                                    return_exceptions=True)
-
-    results = asyncio.run(go())
-    assert results[:2] == ["ok", "ok"] and isinstance(results[2], ModelError)
-    assert max(seen_in_flight) >= 2
+    m.call_finished("t", "x", 0.1, None, 5, 1)
     s = parse(m.exposition())
-    assert s[("llm_classify_model_calls_in_flight", ())] == 0
-    assert s[("llm_classify_model_latency_seconds_count", (("task", "t"),))] == 3
-    assert s[("llm_classify_model_latency_seconds_bucket", (("le", "0.01"), ("task", "t")))] == 0
-    assert s[("llm_classify_model_errors_total", (("kind", "timeout"), ("task", "t")))] == 1
-    assert s[("llm_classify_model_calls_total", (("task", "t"),))] == 3
+    assert s[("llm_classify_tokens_total", (("kind", "prompt"), ("task", "t")))] == 5
+    assert not any(name.startswith("llm_classify_estimated_cost_usd_total") for name, _ in s)
 
 
 def test_retries_of_the_openai_client_are_counted_without_changing_the_log(caplog: pytest.LogCaptureFixture) -> None:

@@ -112,7 +112,8 @@ def test_empty_message(tasks: TaskRegistry, raw: bytes | None) -> None:
     assert err.request_id is None
 
 
-@pytest.mark.parametrize("raw", [b"\xff", b'{"id": "a\xff"}', b"\xc3\x28", b'{"id":"x","task":"sentiment","text":"\xed\xa0\x80"}'])
+@pytest.mark.parametrize("raw", [b"\xff", b'{"id": "a\xff"}', b"\xc3\x28",
+                                 b'{"id":"x","task":"sentiment","text":"\xed\xa0\x80"}'])
 def test_invalid_utf8(tasks: TaskRegistry, raw: bytes) -> None:
     err = bad(raw, tasks)
     assert err.error_type == "invalid_utf8"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -178,14 +179,14 @@ def test_larger_delta_never_raises_threshold(one_dataset: tuple[np.ndarray, np.n
     conf, correct = one_dataset
     thresholds = [ltt_threshold(conf, correct, ALPHA, d).threshold for d in (0.01, 0.05, 0.1, 0.2, 0.5)]
     assert all(np.isfinite(thresholds))
-    assert all(a >= b for a, b in zip(thresholds, thresholds[1:])), thresholds
+    assert all(a >= b for a, b in itertools.pairwise(thresholds)), thresholds
     assert thresholds[0] > thresholds[-1]
 
 
 def test_larger_alpha_never_raises_threshold(one_dataset: tuple[np.ndarray, np.ndarray]) -> None:
     conf, correct = one_dataset
     thresholds = [ltt_threshold(conf, correct, a, DELTA).threshold for a in (0.01, 0.02, 0.05, 0.1, 0.2)]
-    assert all(a >= b for a, b in zip(thresholds, thresholds[1:])), thresholds
+    assert all(a >= b for a, b in itertools.pairwise(thresholds)), thresholds
     assert thresholds[0] > thresholds[-1]
 
 

@@ -92,3 +92,14 @@ def test_row_fast_path_agrees_with_the_numpy_formulation() -> None:
                         for _ in range(k)])
         mass, threshold = float(rng.random()), (None if rng.random() < 0.1 else float(rng.random()))
         assert route(row, mass, threshold, 0.3) == _numpy_route(row, mass, threshold, 0.3), (row, mass, threshold)
+
+
+def test_a_list_row_routes_like_the_array_row() -> None:
+    for row in ([0.1, 0.9], [0.3, 0.7], [0.0, 0.0], [float("nan"), 0.5], [0.5, 0.5]):
+        for mass, threshold in ((1.0, 0.8), (0.2, 0.8), (1.0, None), (1.0, 0.0)):
+            assert route(row, mass, threshold, 0.5) == route(np.array(row), mass, threshold, 0.5), (row, mass)
+
+
+def test_route_takes_one_row_only() -> None:
+    with pytest.raises(ValueError, match="one row"):
+        route(np.array([[0.1, 0.9], [0.8, 0.2]]), 1.0, 0.8, 0.5)

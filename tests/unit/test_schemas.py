@@ -19,6 +19,8 @@ from streams import schemas
 from streams.classify.model_client import ModelReply
 from streams.classify.probabilities import normalised_entropy
 from streams.classify.records import Source, classification_record, dead_letter_record
+from streams.confidence.methods import MethodResult
+from streams.confidence.names import FIRST_TOKEN
 from streams.classify.requests import ERROR_TYPES, ClassificationRequest, parse_request
 from streams.classify.routing import REVIEW_REASONS, Route, route
 from streams.errors import BadRequest, ModelError
@@ -60,11 +62,16 @@ def _reply(top_logprobs: list[tuple[str, float]] | None = None) -> ModelReply:
 
 def _classified(calibrated: np.ndarray | None, mass: float, reply: ModelReply | None,
                 model_error: str | None = None, forced: Route | None = None) -> dict[str, Any]:
-    decision = forced or route(calibrated, mass, 0.8, 0.5)
+    decision = forced or route(calibrated, mass, 0.8, 0.5) if calibrated is not None else \
+        forced or Route("review", "no_logprobs", -1)
     entropy = normalised_entropy(calibrated) if calibrated is not None and calibrated.any() else None
+    result = None if reply is None else MethodResult(
+        FIRST_TOKEN, calibrated, mass, None if calibrated is not None else "no_logprobs", requests=1,
+        prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens, latency_ms=reply.latency_ms,
+        chosen_logprob=reply.chosen_logprob)
     record = classification_record(
-        _request(metadata={"source": "unit"}), LABELS, decision, calibrated, calibrated, entropy, mass,
-        reply, "gemma-3-270m", "identity-0", model_error,
+        _request(metadata={"source": "unit"}), LABELS, decision, FIRST_TOKEN, result, calibrated, entropy,
+        "gemma-3-270m", "identity-0", model_error,
     )
     return orjson.loads(orjson.dumps(record))  # what consumers see on the wire
 

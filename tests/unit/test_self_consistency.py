@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from streams.confidence.self_consistency import (
-    NONE, StoppingRule, VoteTally, decide, run_on_stream, summary,
+    NONE,
+    StoppingRule,
+    VoteTally,
+    decide,
+    run_on_stream,
+    summary,
 )
 
 

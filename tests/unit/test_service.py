@@ -14,7 +14,9 @@ from streams.calibration.calibrators import TemperatureScaling
 from streams.calibration.store import calibrator_record
 from streams.classify.model_client import ModelReply
 from streams.classify.records import Source
-from streams.classify.service import Classifier, Output, audit_draw
+from streams.classify.service import Classifier, audit_draw
+from streams.confidence.names import FIRST_TOKEN
+from streams.publishing import Output
 from streams.tasks import TaskRegistry, parse_tasks
 
 SOURCE = Source("classify.requests", 0, 7)
@@ -84,7 +86,7 @@ def _record(task: str, risk: dict[str, Any] | None, labels: tuple[str, ...] = ("
     cal = TemperatureScaling().fit(np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]] * 10),
                                    np.array([0, 1, 0, 1] * 10))
     m = {"ece": 0.0, "brier": 0.0, "nll": 0.0}
-    return calibrator_record(task, "m", labels, cal, 40, 10, m, m, "calibrate", None, risk)
+    return calibrator_record(task, FIRST_TOKEN, "m", labels, cal, 40, 10, m, m, "calibrate", None, risk)
 
 
 def test_risk_controlled_task_reviews_everything_until_a_feasible_threshold_arrives(tasks: TaskRegistry) -> None:
@@ -95,13 +97,13 @@ def test_risk_controlled_task_reviews_everything_until_a_feasible_threshold_arri
     feasible = {"threshold": 0.6, "target_error": 0.02, "delta": 0.1, "feasible": True, "coverage": 0.5}
     record = _record("risky", feasible)
     schemas.validate("calibrator", orjson.loads(orjson.dumps(record)))
-    assert c.apply_calibrator(record)
+    assert c.calibrators.apply(record)
     (out,) = classify(c, "risky", "b")
     result = orjson.loads(out.value)
     assert out.topic == "results" and result["calibrator_version"] == record["version"]
 
     infeasible = {**feasible, "threshold": None, "feasible": False}
-    assert c.apply_calibrator(_record("risky", infeasible))
+    assert c.calibrators.apply(_record("risky", infeasible))
     (out,) = classify(c, "risky", "c")
     assert orjson.loads(out.value)["review_reason"] == "not_calibrated"
 
@@ -109,23 +111,23 @@ def test_risk_controlled_task_reviews_everything_until_a_feasible_threshold_arri
 def test_threshold_for_another_target_is_not_used(tasks: TaskRegistry) -> None:
     c = Classifier(tasks, ConfidentModel(), 1000, 64)  # type: ignore[arg-type]
     other = {"threshold": 0.6, "target_error": 0.05, "delta": 0.1, "feasible": True, "coverage": 0.5}
-    c.apply_calibrator(_record("risky", other))
-    assert c.threshold(tasks.tasks["risky"]) is None
+    c.calibrators.apply(_record("risky", other))
+    assert c.calibrators.threshold(tasks.tasks["risky"], FIRST_TOKEN) is None
 
 
 def test_calibrator_for_unknown_task_or_other_labels_is_ignored(tasks: TaskRegistry) -> None:
     c = Classifier(tasks, ConfidentModel(), 1000, 64)  # type: ignore[arg-type]
-    assert not c.apply_calibrator(_record("nope", None))
-    assert not c.apply_calibrator(_record("fixed", None, labels=("no", "yes")))
-    assert c.calibrators["fixed"].version == "identity-0"
+    assert not c.calibrators.apply(_record("nope", None))
+    assert not c.calibrators.apply(_record("fixed", None, labels=("no", "yes")))
+    assert c.calibrators.calibrator("fixed", FIRST_TOKEN, "m").version == "identity-0"
 
 
 def test_applied_calibrator_changes_probabilities_and_names_its_version(tasks: TaskRegistry) -> None:
     c = Classifier(tasks, ConfidentModel(), 1000, 64)  # type: ignore[arg-type]
     record = _record("fixed", None)
-    c.apply_calibrator(record)
+    c.calibrators.apply(record)
     result = orjson.loads(classify(c, "fixed", "x")[0].value)
     assert result["calibrator_version"] == record["version"]
     assert result["raw_probabilities"]["yes"] == pytest.approx(0.95, abs=1e-6)
-    expected = c.calibrators["fixed"].transform(np.array([0.95, 0.05]))[0]
+    expected = c.calibrators.calibrator("fixed", FIRST_TOKEN, "m").transform(np.array([0.95, 0.05]))[0]
     assert result["probabilities"]["yes"] == pytest.approx(expected, abs=1e-6)

@@ -31,9 +31,8 @@ async def _ask(client: openai.AsyncOpenAI, text: str = "Review: great film.") ->
 
 def test_top_logprobs_carry_the_configured_label_probabilities() -> None:
     async def run() -> Any:
-        async with SyntheticModelServer(SyntheticConfig(label_probs=[0.6, 0.3])) as server:
-            async with _client(server) as client:
-                return await _ask(client)
+        async with SyntheticModelServer(SyntheticConfig(label_probs=[0.6, 0.3])) as server, _client(server) as client:
+            return await _ask(client)
 
     response = asyncio.run(run())
     choice = response.choices[0]
@@ -55,9 +54,8 @@ def test_top_logprobs_carry_the_configured_label_probabilities() -> None:
 
 def test_marker_forces_the_chosen_label() -> None:
     async def run() -> Any:
-        async with SyntheticModelServer(SyntheticConfig(label_probs=[0.9, 0.1])) as server:
-            async with _client(server) as client:
-                return await _ask(client, "Review: dull. [[label=rotten]]")
+        async with SyntheticModelServer(SyntheticConfig(label_probs=[0.9, 0.1])) as server, _client(server) as client:
+            return await _ask(client, "Review: dull. [[label=rotten]]")
 
     entry = asyncio.run(run()).choices[0].logprobs.content[0]
     assert entry.token == "rotten"
@@ -67,9 +65,8 @@ def test_marker_forces_the_chosen_label() -> None:
 
 def test_logprobs_can_be_dropped_like_some_providers_do() -> None:
     async def run() -> Any:
-        async with SyntheticModelServer(SyntheticConfig(logprobs=False)) as server:
-            async with _client(server) as client:
-                return await _ask(client)
+        async with SyntheticModelServer(SyntheticConfig(logprobs=False)) as server, _client(server) as client:
+            return await _ask(client)
 
     choice = asyncio.run(run()).choices[0]
     assert choice.logprobs is None
@@ -78,11 +75,10 @@ def test_logprobs_can_be_dropped_like_some_providers_do() -> None:
 
 def test_concurrent_requests_overlap() -> None:
     async def run() -> tuple[float, dict[str, int]]:
-        async with SyntheticModelServer(SyntheticConfig(latency_ms=200)) as server:
-            async with _client(server) as client:
-                start = time.perf_counter()
-                await asyncio.gather(*(_ask(client) for _ in range(20)))
-                return time.perf_counter() - start, server.stats()
+        async with SyntheticModelServer(SyntheticConfig(latency_ms=200)) as server, _client(server) as client:
+            start = time.perf_counter()
+            await asyncio.gather(*(_ask(client) for _ in range(20)))
+            return time.perf_counter() - start, server.stats()
 
     elapsed, stats = asyncio.run(run())
     assert elapsed < 20 * 0.2 / 4
@@ -112,12 +108,11 @@ def test_stats_and_models_endpoints() -> None:
 def test_over_concurrency_limit_answers_429() -> None:
     async def run() -> tuple[int, int, dict[str, int]]:
         config = SyntheticConfig(latency_ms=200, max_concurrency=2)
-        async with SyntheticModelServer(config) as server:
-            async with _client(server, max_retries=0) as client:
-                results = await asyncio.gather(*(_ask(client) for _ in range(10)), return_exceptions=True)
-                limited = sum(isinstance(r, openai.RateLimitError) for r in results)
-                ok = sum(not isinstance(r, BaseException) for r in results)
-                return limited, ok, server.stats()
+        async with SyntheticModelServer(config) as server, _client(server, max_retries=0) as client:
+            results = await asyncio.gather(*(_ask(client) for _ in range(10)), return_exceptions=True)
+            limited = sum(isinstance(r, openai.RateLimitError) for r in results)
+            ok = sum(not isinstance(r, BaseException) for r in results)
+            return limited, ok, server.stats()
 
     limited, ok, stats = asyncio.run(run())
     assert limited >= 1 and ok >= 1 and limited + ok == 10

@@ -1,0 +1,122 @@
+"""The feedback loop's logic: a reviewer's answer becomes a final result and a labelled example, and
+enough new labels refit the calibrator. No Faust here: the review-item table is any mutable mapping,
+and reading examples and publishing are injected, so both are unit-tested with plain objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from streams.calibration.feedback import human_result, labelled_example, parse_feedback
+from streams.calibration.fitting import examples_to_arrays, fit_and_evaluate
+from streams.calibration.registry import CalibratorKey, CalibratorRegistry
+from streams.calibration.store import calibrator_record
+from streams.classify.records import Source, dead_letter_record
+from streams.confidence.names import FIRST_TOKEN
+from streams.errors import BadRequest
+from streams.publishing import Output, Publish
+from streams.tasks import TaskRegistry
+
+log = logging.getLogger(__name__)
+
+
+class FeedbackHandler:
+    """An answer for a pending review item -> the `human` result and a labelled example; else a dead letter.
+
+    `review_items` maps request id to the pending review record (the worker's changelogged table).
+    """
+
+    def __init__(self, tasks: TaskRegistry, review_items: MutableMapping[str, Any], excerpt_bytes: int) -> None:
+        self.tasks, self.review_items, self.excerpt_bytes = tasks, review_items, excerpt_bytes
+
+    def __call__(self, raw: bytes | None, key: bytes | None, source: Source) -> list[Output]:
+        try:
+            fb = parse_feedback(raw, self.tasks)
+            item = self.review_items.get(fb.id)
+            if item is None:
+                raise BadRequest("unknown_id", f"no pending review item with id '{fb.id}' (unknown, or already "
+                                 "answered)", fb.id)
+            if item.get("task") != fb.task:
+                raise BadRequest("unknown_id", f"review item '{fb.id}' belongs to task '{item.get('task')}', "
+                                 f"not '{fb.task}'", fb.id)
+        except BadRequest as exc:
+            record = dead_letter_record(raw, exc.error_type, exc.message, "feedback", source, exc.request_id,
+                                        self.excerpt_bytes)
+            return [Output("deadletter", exc.request_id.encode() if exc.request_id else key, orjson.dumps(record))]
+        task = self.tasks.tasks[fb.task]
+        outputs = [Output("results", fb.id.encode(), orjson.dumps(human_result(item, fb, task.labels)))]
+        example = labelled_example(item, fb)
+        if example is not None:
+            outputs.append(Output("examples", fb.task.encode(), orjson.dumps(example)))
+        del self.review_items[fb.id]  # answered once, not offered again
+        return outputs
+
+
+class Refitter:
+    """Counts reviewer labels per calibrator; every `calibration.refit_every` of them, refits on all of
+    that calibrator's labelled examples and publishes only if no worse on held-out."""
+
+    def __init__(self, tasks: TaskRegistry, calibrators: CalibratorRegistry,
+                 read_examples: Callable[[str], Awaitable[list[dict[str, Any]]]], publish: Publish) -> None:
+        self.tasks, self.calibrators, self.read_examples, self.publish = tasks, calibrators, read_examples, publish
+        self.new_labels: Counter[CalibratorKey] = Counter()
+
+    @staticmethod
+    def key_of(example: dict[str, Any]) -> CalibratorKey:
+        return CalibratorKey(str(example.get("task", "")), str(example.get("method") or FIRST_TOKEN),
+                             str(example.get("model", "")))
+
+    async def on_example(self, value: bytes | None) -> dict[str, Any] | None:
+        """One record of the examples topic; the published calibrator record when it triggered a refit."""
+        try:
+            doc = orjson.loads(value or b"")
+            source = doc.get("source")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        if source != "feedback":
+            return None  # the calibrate command's examples are fit data, not news: it has just fitted on them
+        key = self.key_of(doc)
+        task = self.tasks.get(key.task)
+        if task is None:
+            return None
+        self.new_labels[key] += 1
+        if self.new_labels[key] < task.calibration.refit_every:
+            return None
+        self.new_labels[key] = 0
+        try:
+            return await self.refit(key)
+        except Exception:  # a failed refit keeps the calibrator in force; the loop goes on
+            log.exception("refit of %s failed", key)
+            return None
+
+    async def refit(self, key: CalibratorKey) -> dict[str, Any] | None:
+        """Refit on every labelled example of the key; publish if no worse on held-out."""
+        task = self.tasks.tasks[key.task]
+        examples = [e for e in await self.read_examples(task.name) if self.key_of(e) == key]
+        probs, y = examples_to_arrays(examples, task.labels)
+        if len(y) < task.calibration.min_examples or len(set(y.tolist())) < 2:
+            log.info("refit of %s skipped: %d labelled examples (need %d, two classes)", key, len(y),
+                     task.calibration.min_examples)
+            return None
+        current = self.calibrators.calibrator(key.task, key.method, key.model)
+        outcome = await asyncio.to_thread(
+            fit_and_evaluate, probs, y, task.calibration.methods, task.calibration.holdout_fraction,
+            current, task.target_error, task.failure_probability,
+        )
+        log.info("refit of %s on %d labels: %s -> %s", key, len(y), outcome.reason,
+                 "publishing" if outcome.publish else "keeping the calibrator in force")
+        if not outcome.publish:
+            return None
+        record = calibrator_record(task.name, key.method, key.model, task.labels, outcome.calibrator,
+                                   outcome.fit_size, outcome.heldout_size, outcome.metrics_before,
+                                   outcome.metrics_after, "refit", outcome.cv_nll, outcome.risk_control)
+        if outcome.current_metrics is not None:
+            record["current_metrics"] = outcome.current_metrics
+        await self.publish(Output("calibrators", key.topic_key(), orjson.dumps(record)))
+        return record
