@@ -24,10 +24,13 @@ demo: $(VENV)/.installed-local
 	$(PY) -m streams demo $(ARGS)
 
 # Lint and type-check (configured in pyproject.toml: [tool.ruff], [tool.mypy], which also lists mypy's paths).
-# The tools come from the [test] extra. `make test` runs this first: a lint or type error fails the tests.
+# The tools come from the [test] extra. Both always run, so one pass shows every problem; either failing fails
+# the target. `make test` runs this first: a lint or type error fails the tests.
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check .
-	$(PY) -m mypy
+	@rc=0; \
+	echo "$(PY) -m ruff check ."; $(PY) -m ruff check . || rc=1; \
+	echo "$(PY) -m mypy"; $(PY) -m mypy || rc=1; \
+	exit $$rc
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
 test: $(VENV)/.installed-test lint

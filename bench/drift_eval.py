@@ -32,8 +32,7 @@ smallest ARL0, whose stationary false-alarm rate has a 95% Poisson upper bound <
 at both window sizes (for alpha also: a1 and a2 alerted within 2 windows in >= 99% of runs).
 min_effect (JS 0.005 bits) is set by reasoning, not tuned (see DriftTest).
 
-Run from the repository root: `python bench/drift_eval.py` (about 140 s of CPU, so a bit over a minute
-on 2 idle cores; longer on a busy machine);
+Run from the repository root: `python bench/drift_eval.py` (run time in bench/README.md);
 `--runs`, `--windows`, `--sizes`, `--workers` change the effort; `--tune` prints the tuning grid.
 """
 

@@ -12,8 +12,8 @@ Records fetched during step 2 reach the agents' queues and move the consumer's r
 step 3 then drops them. The consumer skips records below its read offset as already seen, and treats
 a jump above it as a gap it may commit across. So each record dropped in that window was either never
 handled (a partition that stops being read, its lag never moving) or committed without an output (lost).
-Measured here: the two-worker handoff test lost requests this way in 4 of 8 runs on a loaded machine
-(213, 1, 161 and 605 of 3000; docs/RELIABILITY.md), each loss matching records cleared at step 3.
+The two-worker handoff test lost requests this way on a loaded machine (counts in docs/RELIABILITY.md),
+each loss matching records cleared at step 3.
 
 The fix: stop the consumer's flow when Faust announces the end of a rebalance (`on_rebalance_complete`
 is sent just before step 1). Nothing is fetched until Faust itself resumes flow, after step 3, so no

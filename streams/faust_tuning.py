@@ -11,8 +11,8 @@ from typing import Any
 FAUST_TUNING: dict[str, Any] = {
     "producer_acks": -1,
     # Every output waits for its acknowledgement, and its in-flight slot is held until then, so linger
-    # adds straight to each slot's time: 20 ms cost 10% of limit / latency at 200 ms model latency
-    # (bench/README.md, Throughput); 5 ms still lets concurrent outputs share a produce request.
+    # adds straight to each slot's time (measured in bench/README.md, Throughput); 5 ms still lets
+    # concurrent outputs share a produce request.
     # Batches up to 256 KiB per partition.
     "producer_linger": 0.005,
     "producer_max_batch_size": 256 * 1024,

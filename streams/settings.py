@@ -256,12 +256,12 @@ class Var:
     """One environment variable: declared once, here."""
 
     name: str  # the environment variable
-    field: str  # the Settings attribute it fills (two variables may fill one: the first set wins, not both)
+    field: str  # the Settings attribute it fills (two variables may fill one, as alternatives: set one of them)
     default: str  # as written in the environment; `{OTHER_VARIABLE}` stands for that variable's value
     parse: Parser  # type, range or choices, and what a valid value looks like
     doc: str  # one line for the README
     needs: Needs | None = None  # read only under this condition
-    required: str | None = None  # with `needs`: must be set then; says what is needed ("a user name")
+    required: str | None = None  # must be set (with `needs`: when read), and this is what is needed
     blank_is_default: bool = False  # an empty value means the default (else it is parsed, and may be an error)
     secret: bool = False  # not stripped and never echoed
 
@@ -347,6 +347,17 @@ def _resolved_defaults() -> dict[str, str]:
 ENV_DEFAULTS: dict[str, str] = _resolved_defaults()
 
 
+def _by_field() -> dict[str, list[Var]]:
+    groups: dict[str, list[Var]] = {}
+    for var in VARIABLES:
+        groups.setdefault(var.field, []).append(var)
+    return groups
+
+
+#: The variables that fill each Settings field (most fields: one).
+_FIELDS: dict[str, list[Var]] = _by_field()
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -424,7 +435,7 @@ def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             continue  # (when `on` itself is wrong, it is reported, and this value is still checked)
         if _is_set(env, var.name):
             given.add(var.name)
-            if any(_is_set(env, v.name) for v in _by_field()[var.field] if v is not var):
+            if any(_is_set(env, v.name) for v in _FIELDS[var.field] if v is not var):
                 continue  # two ways to give one value: reported below, neither is read
         try:
             values[var.name] = var.parse(var.name, text)
@@ -432,7 +443,7 @@ def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             problems.extend(bad.problems)
 
     fields: dict[str, Any] = {}
-    for name, group in _by_field().items():
+    for name, group in _FIELDS.items():
         chosen = [v for v in group if v.name in given]
         if len(chosen) > 1:
             problems.append(f"{' and '.join(v.name for v in chosen)} are both set; keep only {chosen[0].name}")
@@ -446,13 +457,6 @@ def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     if _is_set(env, "STREAMS_SSL_KEYFILE") and not _is_set(env, "STREAMS_SSL_CERTFILE"):
         problems.append("STREAMS_SSL_KEYFILE is set without STREAMS_SSL_CERTFILE; a client key needs its certificate")
     return fields, problems
-
-
-def _by_field() -> dict[str, list[Var]]:
-    groups: dict[str, list[Var]] = {}
-    for var in VARIABLES:
-        groups.setdefault(var.field, []).append(var)
-    return groups
 
 
 # --------------------------------------------------------------------------- README table

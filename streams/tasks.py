@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from streams.calibration.calibrators import DEFAULT_METHODS
+from streams.confidence.ensemble import POOLINGS
 from streams.confidence.names import ENSEMBLE, FIRST_TOKEN, MEMBER_METHODS, METHOD_NAMES
+from streams.confidence.self_consistency import RULES
+from streams.confidence.sequence_scoring import NORMALIZATIONS
 from streams.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -34,9 +37,8 @@ DEFAULT_TEMPLATE = (
 )
 #: Re-exported for callers that list the methods (the names live in streams.confidence.names).
 CONFIDENCE_METHODS = METHOD_NAMES
-STOPPING_RULES = ("posterior", "confidence_sequence")
-POOLINGS = ("mean", "loglinear")
-LENGTH_NORMALIZATIONS = ("sum", "mean")
+STOPPING_RULES = RULES
+LENGTH_NORMALIZATIONS = NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,6 @@ class DriftPolicy:
     """Windows, tests and canaries for this task's drift alerts."""
 
     window_s: float = 300.0  # tumbling window length (the unit of verdicts)
-    hop_s: float = window_s / 2  # step of the hopping windows kept alongside (smoother view for operators)
     alpha: float = 5e-4  # family-wise false-alarm level per window (G-tests, Holm over families)
     min_effect: float = 0.005  # smallest JS divergence (bits) worth an alert, whatever the p-value
     confirm_windows: int = 1  # consecutive drifted windows before an episode opens
@@ -402,19 +403,15 @@ def _parse_calibration(cr: _Reader) -> CalibrationPolicy:
 
 
 def _parse_drift(dr: _Reader) -> DriftPolicy:
-    """[task.drift]: windows, tests, canaries, alert webhook. hop_s defaults to half the window."""
+    """[task.drift]: windows, tests, canaries, alert webhook."""
     d, week = DriftPolicy(), 7 * 86400.0
     window_s = dr.number("window_s", d.window_s, 1.0, week)
-    hop_s = dr.number("hop_s", window_s / 2, 0.5, week)
-    if hop_s > window_s:
-        dr.problem("hop_s", f"{hop_s} is longer than window_s {window_s}; use a step <= the window")
     canaries = dr.list_at("canaries") or list(d.canaries)
     for i, c in enumerate(canaries):
         if not isinstance(c, str) or not c.strip():
             dr.problem(f"canaries[{i}]", "must be a non-empty string")
     return DriftPolicy(
         window_s=window_s,
-        hop_s=hop_s,
         alpha=dr.number("alpha", d.alpha, 1e-9, 0.5),
         min_effect=dr.number("min_effect", d.min_effect, 0.0, 1.0),
         confirm_windows=dr.integer("confirm_windows", d.confirm_windows, 1, 1000),

@@ -61,8 +61,8 @@ class LabelScores:
 def label_scores(top_logprobs: Sequence[tuple[str, float]], matcher: LabelMatcher) -> LabelScores:
     """Aggregate `(token, logprob)` pairs of the first generated position into label probabilities.
 
-    Plain Python over the (at most 20) pairs: a per-message loop of numpy calls on arrays this small
-    cost about 25 us, this costs about 4 (bench/stats_path.py). Sums are `math.fsum` (correctly rounded,
+    Plain Python over the (at most 20) pairs: per message, numpy calls on arrays this small cost
+    several times more (bench/stats_path.py measures both; bench/README.md has the figures). Sums are `math.fsum` (correctly rounded,
     so the same on every CPU); numpy's SIMD exp, log and pairwise sum differ from it in the last bits
     from one CPU to another, so tests/unit/test_probabilities.py compares with the numpy formulation
     to 1e-12.
@@ -99,5 +99,5 @@ def normalised_entropy(p: np.ndarray) -> float:
     if k > 128 or p.ndim != 1:
         nz = p[p > 0]
         return float(-(nz * np.log(nz)).sum() / math.log(k))
-    log = math.log  # per message: Python on the few labels is 4x faster than numpy
+    log = math.log  # per message: Python on the few labels beats numpy calls (bench/stats_path.py)
     return float(-math.fsum([v * log(v) for v in p.tolist() if v > 0]) / log(k))

@@ -24,7 +24,6 @@ from tests.integration.harness import SyntheticModel, Worker, collect, produce, 
 from tests.integration.test_ops import ops_tasks, wait_for
 
 DRIFT = """window_s = 2
-hop_s = 1
 canaries = ["[[label=fresh]] a canary"]
 canary_repeats = 2
 canary_interval_s = 2

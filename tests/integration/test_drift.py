@@ -42,7 +42,7 @@ def _cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_label_mix_shift_opens_exactly_one_data_drift_episode(broker: EmbeddedBroker, workdir: Path) -> None:
     rng = random.Random(5)
     with SyntheticModel(workdir) as model:
-        worker = Worker(broker.bootstrap, _tasks(workdir, model.base_url, "window_s = 2\nhop_s = 1\n"), workdir)
+        worker = Worker(broker.bootstrap, _tasks(workdir, model.base_url, "window_s = 2\n"), workdir)
         with worker.process() as proc:
             wait_ready(proc)
             _traffic(worker, 7, 0.8, rng)  # mix A: 80% fresh

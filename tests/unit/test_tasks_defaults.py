@@ -73,19 +73,11 @@ def test_known_default_values() -> None:
     assert (CalibrationPolicy().refit_every, CalibrationPolicy().min_examples) == (200, 100)
     assert CalibrationPolicy().methods == DEFAULT_METHODS
     d = DriftPolicy()
-    assert (d.window_s, d.hop_s, d.alpha, d.confirm_windows, d.clear_windows) == (300.0, 150.0, 5e-4, 1, 3)
+    assert (d.window_s, d.alpha, d.confirm_windows, d.clear_windows) == (300.0, 5e-4, 1, 3)
     assert ConfidencePolicy().methods == (FIRST_TOKEN,) == (METHOD_NAMES[0],)
     t = only_task(MINIMAL)
     assert (t.review_threshold, t.min_label_mass, t.failure_probability, t.audit_rate) == (0.8, 0.5, 0.1, 0.0)
     assert t.target_error is None and (t.model.top_logprobs, t.model.temperature) == (20, 0.0)
-
-
-def test_hop_defaults_to_half_the_window() -> None:
-    assert DriftPolicy().hop_s == DriftPolicy().window_s / 2
-    t = only_task(MINIMAL + "[task.drift]\nwindow_s = 60\n")
-    assert (t.drift.window_s, t.drift.hop_s) == (60.0, 30.0)
-    t = only_task(MINIMAL + "[task.drift]\nwindow_s = 60\nhop_s = 10\n")
-    assert t.drift.hop_s == 10.0
 
 
 def test_method_names_come_from_their_modules() -> None:
@@ -116,7 +108,6 @@ def test_an_ensemble_cannot_contain_an_ensemble(method: str) -> None:
     ("calibration", "refit_every = 0", "calibration.refit_every"),
     ("calibration", "holdout_fraction = 0.95", "calibration.holdout_fraction"),
     ("drift", "window_s = 1e6", "drift.window_s"),
-    ("drift", "hop_s = 400", "drift.hop_s"),
     ("drift", "canary_repeats = 1", "drift.canary_repeats"),
     ("drift", 'webhook_url = "ftp://x"', "drift.webhook_url"),
     ("routing", "failure_probability = 0.9", "routing.failure_probability"),
