@@ -5,6 +5,7 @@ registers nothing: `streams.worker` (the composition root) builds the app, the s
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
@@ -19,7 +20,7 @@ from streams.topics import ensure_topics
 class ClassifyApp(faust.App):
     """The worker's Faust app: creates the topics, then loads the state feeds before any agent runs."""
 
-    def __init__(self, settings: Settings, **options: object) -> None:
+    def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(settings.app_id, **options)
         self.settings = settings
         #: (what, feed) read to the exact high watermark at start, before any request is classified,

@@ -55,7 +55,7 @@ class KafkaPublisher:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any send failure: retry forever rather than lose the record
                 log.warning("publishing to %s failed (%r); retrying in %.1fs", output.topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -21,7 +21,15 @@ from typing import Any, TypedDict
 
 from streams.calibration.calibrators import DEFAULT_METHODS
 from streams.confidence.ensemble import POOLINGS
-from streams.confidence.names import ENSEMBLE, FIRST_TOKEN, MEMBER_METHODS, METHOD_NAMES
+from streams.confidence.names import (
+    ENSEMBLE,
+    FIRST_TOKEN,
+    MEMBER_METHODS,
+    METHOD_NAMES,
+    SELF_CONSISTENCY,
+    SEQUENCE_SCORES,
+    VERBALIZED,
+)
 from streams.confidence.self_consistency import RULES
 from streams.confidence.sequence_scoring import NORMALIZATIONS
 from streams.errors import ConfigError
@@ -435,13 +443,13 @@ def _parse_confidence(cr: _Reader, model: ModelEndpoint, env: Mapping[str, str])
             cr.problem(f"methods[{i}]", f"{m!r} is listed twice")
         else:
             methods.append(m)
-    norm = cr.table_at("sequence_scores").choice("length_normalization", d.length_normalization,
+    norm = cr.table_at(SEQUENCE_SCORES).choice("length_normalization", d.length_normalization,
                                                  LENGTH_NORMALIZATIONS)
-    sc = _parse_self_consistency(cr.table_at("self_consistency"))
-    vr = cr.table_at("verbalized")
+    sc = _parse_self_consistency(cr.table_at(SELF_CONSISTENCY))
+    vr = cr.table_at(VERBALIZED)
     instruction = vr.string("instruction") or d.verbalized_instruction
     verbalized_max_tokens = vr.integer("max_tokens", d.verbalized_max_tokens, 2, 256)
-    er = cr.table_at("ensemble")
+    er = cr.table_at(ENSEMBLE)
     pooling = er.choice("pooling", d.ensemble_pooling, POOLINGS)
     members = [m for i, raw in enumerate(er.list_at("members"))
                if (m := _parse_ensemble_member(er, i, raw, model, env)) is not None]

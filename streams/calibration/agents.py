@@ -54,5 +54,5 @@ def register(s: Services) -> None:
 
     @app.agent(s.topics["examples"], name="refit")
     async def refit(stream: StreamT) -> None:
-        async for value in stream.values():
+        async for value in stream:  # the values
             await refitter.on_example(value)

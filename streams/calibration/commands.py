@@ -78,8 +78,8 @@ def usable(scored: list[dict[str, Any]], task: Task) -> tuple[list[dict[str, Any
 
 def report(outcome: FitOutcome, task: Task) -> str:
     b, a = outcome.metrics_before, outcome.metrics_after
-    lines = [f"calibrator for {task.name}: {outcome.calibrator.method} "
-             f"(fit on {outcome.fit_size}, judged on {outcome.heldout_size} held out)",
+    lines = [(f"calibrator for {task.name}: {outcome.calibrator.method} "
+              f"(fit on {outcome.fit_size}, judged on {outcome.heldout_size} held out)"),
              "cross-validated NLL on the fit set: "
              + ", ".join(f"{m} {v:.4f}" for m, v in sorted(outcome.cv_nll.items(), key=lambda kv: kv[1])),
              "", f"{'held-out metric':<22}{'raw':>24}{'calibrated':>24}"]

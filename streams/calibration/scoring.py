@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from streams.classify.model_client import ModelClient
+from streams.confidence.capabilities import Capabilities
 from streams.confidence.methods import MethodResult, MethodRunner
 from streams.confidence.names import FIRST_TOKEN
-from streams.confidence.capabilities import Capabilities
 from streams.errors import ModelError
 from streams.tasks import Task
 

@@ -11,10 +11,11 @@ follows the calibrators topic, so new versions apply without restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.errors import ConsumerStoppedError
@@ -87,7 +88,8 @@ def register(s: Services) -> None:
     app.preload.append(("calibrator", feed))
 
     @app.on_partitions_revoked.connect
-    async def on_partitions_revoked(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
+    async def on_partitions_revoked(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0]  # Faust sends the revoked set positionally
         for inflight in instances:
             inflight.revoke(revoked)
 
@@ -96,7 +98,8 @@ def register(s: Services) -> None:
         inflight = InFlight(settings.max_in_flight, s.classifier, s.publish, s.metrics, counts, s.delivered)
         instances.add(inflight)
         try:
-            async for event in stream.noack().events():
+            # faust's StreamT leaves noack() out; an agent is always given a faust.Stream, which has it
+            async for event in stream.noack().events():  # type: ignore[attr-defined]
                 await inflight.submit(event)
         finally:
             instances.discard(inflight)
@@ -106,10 +109,8 @@ def register(s: Services) -> None:
     @app.task
     async def follow_calibrators() -> None:
         """Hot reload: new calibrator versions apply to the next request, without restart."""
-        try:
+        with contextlib.suppress(ConsumerStoppedError):  # the worker is shutting down
             await feed.follow()
-        except ConsumerStoppedError:
-            pass  # the worker is shutting down
 
     @app.timer(interval=10.0)
     async def progress() -> None:

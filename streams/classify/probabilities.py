@@ -62,10 +62,10 @@ def label_scores(top_logprobs: Sequence[tuple[str, float]], matcher: LabelMatche
     """Aggregate `(token, logprob)` pairs of the first generated position into label probabilities.
 
     Plain Python over the (at most 20) pairs: per message, numpy calls on arrays this small cost
-    several times more (bench/stats_path.py measures both; bench/README.md has the figures). Sums are `math.fsum` (correctly rounded,
-    so the same on every CPU); numpy's SIMD exp, log and pairwise sum differ from it in the last bits
-    from one CPU to another, so tests/unit/test_probabilities.py compares with the numpy formulation
-    to 1e-12.
+    several times more (bench/stats_path.py measures both; bench/README.md has the figures). Sums are
+    `math.fsum` (correctly rounded, so the same on every CPU); numpy's SIMD exp, log and pairwise sum
+    differ from it in the last bits from one CPU to another, so tests/unit/test_probabilities.py
+    compares with the numpy formulation to 1e-12.
     """
     k = len(matcher.labels)
     if not top_logprobs:

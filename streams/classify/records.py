@@ -24,7 +24,7 @@ class Source:
 
 
 def _rounded(labels: tuple[str, ...], p: np.ndarray) -> dict[str, float]:
-    return {label: round(float(v), 6) for label, v in zip(labels, p)}
+    return {label: round(float(v), 6) for label, v in zip(labels, p, strict=True)}
 
 
 def classification_record(

@@ -23,8 +23,8 @@ from streams.classify.probabilities import normalised_entropy
 from streams.classify.records import Source, classification_record, dead_letter_record
 from streams.classify.requests import ClassificationRequest, parse_request
 from streams.classify.routing import Route, route
-from streams.confidence.methods import MethodResult, MethodRunner, choose_method, task_endpoints
 from streams.confidence.capabilities import Capabilities
+from streams.confidence.methods import MethodResult, MethodRunner, choose_method, task_endpoints
 from streams.confidence.probe import ProbeCache
 from streams.errors import BadRequest, ModelError
 from streams.publishing import Output

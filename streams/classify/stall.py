@@ -12,32 +12,35 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+P = TypeVar("P", bound=Hashable)  # how the caller names a partition: Faust's TP, a (topic, partition) tuple...
 
 
 @dataclass(frozen=True, slots=True)
-class Stall:
-    partition: Hashable
+class Stall(Generic[P]):
+    partition: P
     lag: int
     idle_s: float  # seconds since the last delivery on the partition (or since it was first seen waiting)
 
 
-class StallWatch:
+class StallWatch(Generic[P]):
     """Which partitions have had requests waiting, and none delivered, for at least `after_s` seconds."""
 
     def __init__(self, after_s: float) -> None:
         if after_s <= 0:
             raise ValueError("after_s must be positive")
         self.after_s = after_s
-        self._since: dict[Hashable, tuple[int, float]] = {}  # partition -> (delivered count, idle since)
-        self._reported: dict[Hashable, float] = {}
+        self._since: dict[P, tuple[int, float]] = {}  # partition -> (delivered count, idle since)
+        self._reported: dict[P, float] = {}
 
-    def observe(self, now: float, lag: Mapping[Hashable, int], delivered: Mapping[Hashable, int]) -> list[Stall]:
+    def observe(self, now: float, lag: Mapping[P, int], delivered: Mapping[P, int]) -> list[Stall[P]]:
         """One sample. Returns the stalls to report now: each stall once, then again every `after_s`.
 
         `lag`: requests waiting per owned partition; `delivered`: a count per partition that only grows.
         A partition no longer in `lag` (revoked) or with nothing waiting is forgotten.
         """
-        stalls: list[Stall] = []
+        stalls: list[Stall[P]] = []
         for partition in list(self._since):
             if lag.get(partition, 0) <= 0:
                 del self._since[partition]
@@ -58,6 +61,6 @@ class StallWatch:
                 stalls.append(Stall(partition, int(waiting), idle))
         return stalls
 
-    def stalled(self, now: float) -> list[Hashable]:
+    def stalled(self, now: float) -> list[P]:
         """Partitions idle with work waiting for at least `after_s`, as of the last `observe`."""
         return [p for p, (_, since) in self._since.items() if now - since >= self.after_s]

@@ -14,6 +14,7 @@ modules: `DriftAccumulator` (hot path), `TaskDrift` (windows, verdicts, episodes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -68,10 +69,8 @@ def register(s: Services) -> None:
 
     @app.task
     async def follow_baselines() -> None:
-        try:
+        with contextlib.suppress(ConsumerStoppedError):  # shutting down
             await feed.follow()
-        except ConsumerStoppedError:
-            pass  # shutting down
 
     @app.timer(interval=1.0)
     async def flush_drift() -> None:

@@ -15,7 +15,7 @@ import asyncio
 import secrets
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ async def build_baseline(settings: Settings, task: Task, since: float, until: fl
         repeats = await canary_samples(client, task)
         await client.close()
         canaries = canary_baseline(repeats)
-    version = f"{task.name}.baseline.{datetime.now().strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(2)}"
+    version = f"{task.name}.baseline.{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.{secrets.token_hex(2)}"
     return Baseline(task.name, task.model.name, version, traffic if traffic.n else None, canaries,
                     iso(first if first is not None else since), iso(last if last is not None else until))
 
@@ -77,22 +77,25 @@ def show_status(statuses: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, st in sorted(statuses.items()):
         lines.append(f"task {name} (model {st['model']})")
-        lines.append(f"  baseline           {st['baseline'] or 'none: capture one with python -m streams drift baseline'}")
+        baseline = st["baseline"] or "none: capture one with python -m streams drift baseline"
+        lines.append(f"  baseline           {baseline}")
         lines.append(f"  data drift         {'OPEN' if st['data_drift_open'] else 'no'}")
         lines.append(f"  model drift        {'OPEN' if st['model_drift_open'] else 'no'}")
         traffic = st["last"].get("traffic")
         if traffic:
-            lines.append(f"  last window        {traffic['window_start']} .. {traffic['window_end']}, {traffic['n']} messages")
+            lines.append(f"  last window        {traffic['window_start']} .. {traffic['window_end']}, "
+                         f"{traffic['n']} messages")
             for fam, v in traffic["families"].items():
                 p = f"{v['p_value']:.3g}" if v["p_value"] is not None else "-"
                 lines.append(f"    {fam:<12} {v['statistic']} {v['value']:.4f} (min effect {v['threshold']:.4f}), "
                              f"p {p}{'  DRIFTED' if v['drifted'] else ''}")
-            lines.append(f"    mean entropy {traffic['entropy_mean']:.4f}, label mass {traffic['label_mass_mean']:.4f}, "
+            lines.append(f"    mean entropy {traffic['entropy_mean']:.4f}, "
+                         f"label mass {traffic['label_mass_mean']:.4f}, "
                          f"chosen-token logprob {traffic['chosen_logprob_mean']:.4f}")
         canary = st["last"].get("canary")
         if canary:
-            lines.append(f"  last canary run    {canary['at']}: KL {canary['value']:.4f} (threshold {canary['threshold']:.4f})"
-                         f"{'  DRIFTED' if canary['drifted'] else ''}")
+            lines.append(f"  last canary run    {canary['at']}: KL {canary['value']:.4f} "
+                         f"(threshold {canary['threshold']:.4f}){'  DRIFTED' if canary['drifted'] else ''}")
     return "\n".join(lines) if lines else "no drift status yet (no window has closed against a baseline)"
 
 

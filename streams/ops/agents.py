@@ -18,9 +18,9 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+import faust
 import orjson
 from aiokafka.errors import ConsumerStoppedError
-import faust
 from faust.types import StreamT
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -88,7 +88,7 @@ def register(s: Services) -> None:
     metrics.state.drift = drift_history
     loaded = asyncio.Event()
     #: Longer than any healthy rebalance: the group waits up to a session timeout for a dead member.
-    stalls = StallWatch(after_s=max(3 * settings.session_timeout_s, 30.0))
+    stalls: StallWatch[tuple[str, int]] = StallWatch(after_s=max(3 * settings.session_timeout_s, 30.0))
     alarm = QueueAlarm(settings.review_alert_depth, settings.review_alert_age_s)
     webhook = WebhookForwarder(settings.alert_webhook_url)
     requests_topic = settings.topic("requests")
@@ -125,7 +125,7 @@ def register(s: Services) -> None:
                 for feed in current:
                     try:
                         await feed.stop()
-                    except Exception:  # noqa: BLE001 - stopping a broken consumer must not mask the cause
+                    except Exception:
                         log.debug("stopping a feed failed", exc_info=True)
 
     def watch_stalls(now: float, lag: dict[tuple[str, int], int]) -> None:
@@ -216,7 +216,7 @@ def register(s: Services) -> None:
     @app.page("/review/answer")
     class AnswerView(View):
         async def post(self, request: Request) -> Response:
-            as_json = request.content_type == "application/json"
+            as_json = request.content_type == "application/json"  # type: ignore[attr-defined]  # aiohttp's
             try:
                 form: Any = await request.json() if as_json else await request.post()
                 rid, label = str(form.get("id") or ""), str(form.get("label") or "")

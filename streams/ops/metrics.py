@@ -132,7 +132,8 @@ class StateCollector(Collector):
             yield from (depth, age, overflow)
         if self.drift is not None:
             value = GaugeMetricFamily(f"{NS}_drift_statistic", "Last drift effect size per family "
-                                      "(traffic: label, confidence, entropy; canary)", labels=["task", "family", "statistic"])
+                                      "(traffic: label, confidence, entropy; canary)",
+                                      labels=["task", "family", "statistic"])
             threshold = GaugeMetricFamily(f"{NS}_drift_threshold", "Effect size above which a window drifts",
                                           labels=["task", "family", "statistic"])
             p_value = GaugeMetricFamily(f"{NS}_drift_p_value", "Last drift test p-value", labels=["task", "family"])

@@ -43,7 +43,11 @@ max_tokens = 2
 [task.confidence.ensemble]
 members = ["first_token_logprobs", "verbalized"]
 [task.prompt]
-template = "Is this movie review fresh (positive) or rotten (negative)?\\n<<<REVIEW\\n{{text}}\\nREVIEW>>>\\nAnswer fresh or rotten:"
+template = \"\"\"Is this movie review fresh (positive) or rotten (negative)?
+<<<REVIEW
+{{text}}
+REVIEW>>>
+Answer fresh or rotten:\"\"\"
 [[task.prompt.examples]]
 text = "A triumph: funny, moving and beautifully acted."
 label = "fresh"
@@ -119,7 +123,8 @@ def test_worker_names_the_method_it_used_per_endpoint(broker: EmbeddedBroker, lo
     try:
         wait_ready(proc, 90)
         texts = ["Dull, clumsy and far too long."]
-        msgs = [(f"{t}-{i}-{uuid.uuid4().hex[:6]}", t, text) for t in ("direct", "nolp") for i, text in enumerate(texts)]
+        msgs = [(f"{t}-{i}-{uuid.uuid4().hex[:6]}", t, text)
+                for t in ("direct", "nolp") for i, text in enumerate(texts)]
         run(produce(broker.bootstrap, worker.topic("requests"),
                     [(rid.encode(), orjson.dumps({"id": rid, "task": t, "text": x})) for rid, t, x in msgs]))
         got = run(collect(broker.bootstrap, [worker.topic("results"), worker.topic("review")],

@@ -54,7 +54,7 @@ class Hook(ThreadingHTTPServer):
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 hook.received.append(orjson.loads(self.rfile.read(int(self.headers["content-length"]))))
                 self.send_response(204)
                 self.end_headers()
@@ -94,8 +94,8 @@ def test_metrics_endpoint_exposes_every_listed_series(broker: EmbeddedBroker, wo
         with worker.process() as proc:
             wait_ready(proc)
             t = {k: worker.topic(k) for k in ("requests", "results", "review", "deadletter", "feedback")}
-            run(produce(broker.bootstrap, t["requests"], requests("m", n_auto, n_review)
-                        + [(b"bad", b"{not json"), (b"bad2", orjson.dumps({"id": "x", "task": "nope", "text": "t"}))]))
+            bad = [(b"bad", b"{not json"), (b"bad2", orjson.dumps({"id": "x", "task": "nope", "text": "t"}))]
+            run(produce(broker.bootstrap, t["requests"], [*requests("m", n_auto, n_review), *bad]))
             got = run(collect(broker.bootstrap, [t["results"], t["review"], t["deadletter"]],
                               lambda g: len({r.key for r in g}) >= n_auto + n_review + 2, timeout_s=60))
             by_topic = Counter(r.topic for r in got)

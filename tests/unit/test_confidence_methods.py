@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.confidence.answers import answer_label
-from streams.confidence.ensemble import pool
 from streams.confidence.capabilities import Capabilities
+from streams.confidence.ensemble import pool
 from streams.confidence.methods import METHODS, choose_method
 from streams.confidence.probe import ProbeCache, logprobs_usable
 from streams.confidence.sequence_scoring import advance, combine, start_paths
@@ -137,8 +137,8 @@ def test_probe_verdict_on_logprobs() -> None:
 
 
 def _caps(**kw: object) -> Capabilities:
-    base = dict(base_url="http://m/v1", model="m", logprobs=True, top_logprobs=20, continuation=True, echo=False,
-                temperature=True, seed=True, n=True, max_n=4)
+    base = {"base_url": "http://m/v1", "model": "m", "logprobs": True, "top_logprobs": 20, "continuation": True,
+            "echo": False, "temperature": True, "seed": True, "n": True, "max_n": 4}
     return Capabilities(**(base | kw))  # type: ignore[arg-type]
 
 

@@ -69,7 +69,7 @@ def test_constant_logprobs_are_not_trusted() -> None:
 def test_without_logprobs_the_probe_falls_back_and_the_record_says_so() -> None:
     """No logprobs, no sampling (the synthetic server answers its argmax): verbalised confidence is left.
     The synthetic model answers a bare label, with no probability: low confidence, so review."""
-    records, c = asyncio.run(_run(False, ["a fine film", "[[label=rotten]] awful"]))
+    records, _ = asyncio.run(_run(False, ["a fine film", "[[label=rotten]] awful"]))
     _check(records)
     assert [r["method"] for r in records] == ["verbalized", "verbalized"]
     assert records[0]["label"] == "fresh" and records[1]["label"] == "rotten"

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from pathlib import Path
+from typing import Any
 
-import faust
 from faust.tables.recovery import Recovery
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from streams.faust_rebalance import hold_fetch_until_seeked
+from streams.app import build_app
+from streams.settings import Settings
 
 
-def test_the_end_of_a_rebalance_stops_fetching_until_faust_resumes_flow() -> None:
+def test_the_end_of_a_rebalance_stops_fetching_until_faust_resumes_flow(tmp_path: Path) -> None:
+    """On the app the worker runs (`build_app`), so this fails if the guard is not connected there."""
+
     async def scenario() -> tuple[bool, bool, bool]:
-        app = faust.App("guard-test", broker="kafka://127.0.0.1:1")
-        hold_fetch_until_seeked(app)
-        consumer = app.consumer
+        app = build_app(Settings.from_env({"STREAMS_BROKER": "kafka://127.0.0.1:1",
+                                           "STREAMS_DATA_DIR": str(tmp_path)}))
+        consumer: Any = app.consumer  # the aiokafka-backed Consumer: ConsumerT lacks the flow attributes
         consumer.resume_flow()
         before = consumer.flow_active
         await app.on_rebalance_complete.send()

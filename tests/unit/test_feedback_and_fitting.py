@@ -97,7 +97,7 @@ def test_refit_publishes_when_it_beats_the_calibrator_in_force_and_not_otherwise
     probs, y = _overconfident(3000, seed=4)
     first = fit_and_evaluate(probs, y, ("identity", "temperature"), 0.3, current=IdentityCalibrator(), n_boot=50)
     assert first.publish and first.calibrator.method == "temperature"
-    assert first.metrics_after["nll"] < first.current_metrics["nll"]
+    assert first.current_metrics is not None and first.metrics_after["nll"] < first.current_metrics["nll"]
     worse = TemperatureScaling.from_params({"temperature": 0.1, "n_classes": 2})  # far more overconfident
     assert fit_and_evaluate(probs, y, ("identity", "temperature"), 0.3, current=worse, n_boot=50).publish
     # Against itself refitted on the same data, the new one is not worse: publish is allowed;

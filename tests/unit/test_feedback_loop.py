@@ -145,7 +145,8 @@ def _record(method: str, model: str, version_ts: str) -> dict[str, Any]:
 
 def test_registry_keeps_one_calibrator_per_task_method_and_model_newest_wins(tasks: TaskRegistry) -> None:
     registry = CalibratorRegistry(tasks)
-    new, old = _record(FIRST_TOKEN, "m", "2026-02-01T00:00:00.000Z"), _record(FIRST_TOKEN, "m", "2026-01-01T00:00:00.000Z")
+    new = _record(FIRST_TOKEN, "m", "2026-02-01T00:00:00.000Z")
+    old = _record(FIRST_TOKEN, "m", "2026-01-01T00:00:00.000Z")
     assert registry.apply(new)
     assert not registry.apply(old), "read out of order (two partitions, a replay): the older one is ignored"
     assert registry.calibrator("s", FIRST_TOKEN, "m").version == new["version"]

@@ -20,8 +20,8 @@ from streams.alerting import QueueAlarm, WebhookForwarder
 from streams.classify.model_client import ModelClient
 from streams.classify.records import Source
 from streams.classify.service import Classifier
+from streams.errors import ConfigError
 from streams.localdev.synthetic_model import SyntheticConfig, SyntheticModelServer
-from streams.errors import ConfigError, ModelError
 from streams.ops import pages, plots
 from streams.ops.metrics import ServiceMetrics, count_retries
 from streams.ops.review_cli import choose
@@ -195,7 +195,8 @@ def test_outputs_become_outcome_confidence_and_review_series() -> None:
     auto = {"task": "sentiment", "decision": "auto", "confidence": 0.93, "usage": usage, "model": "m"}
     review = {"task": "sentiment", "decision": "review", "confidence": 0.61, "usage": usage, "model": "m",
               "review_reason": "low_confidence"}
-    m.observe_outputs([Out("results", b"a", orjson.dumps(auto)), Out("review", b"a", orjson.dumps(auto | {"audit": True}))])
+    m.observe_outputs([Out("results", b"a", orjson.dumps(auto)),
+                       Out("review", b"a", orjson.dumps(auto | {"audit": True}))])
     m.observe_outputs([Out("review", b"b", orjson.dumps(review))])
     m.observe_outputs([Out("deadletter", b"c", orjson.dumps({"error_type": "invalid_json"})),
                        Out("review", b"d", b"not json")])
@@ -361,7 +362,7 @@ def test_plots_are_well_formed_svg_and_say_how_many_points_they_drew() -> None:
     points = []
     for svg in charts:
         root = ET.fromstring(svg)
-        points.append(int(root.get("data-points")))
+        points.append(int(root.get("data-points", "")))
     assert points == [2, 4, 4, 0]
     assert 'class="threshold"' in charts[0] and charts[1].count('class="bar"') == 2
     assert "no data yet" in charts[3]
@@ -373,7 +374,7 @@ def test_x_tick_labels_stay_inside_the_plot() -> None:
     ticks = [t for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")
              if t.get("y") == str(plots.H - plots.B + 13)]
     assert ticks and ticks[-1].text == time.strftime("%H:%M:%S", time.localtime(10.0))
-    assert float(ticks[-1].get("x")) == plots.W - plots.R
+    assert float(ticks[-1].get("x", "nan")) == plots.W - plots.R
     assert ticks[-1].get("text-anchor") == "end" and ticks[0].get("text-anchor") == "middle"
 
 

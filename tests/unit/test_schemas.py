@@ -19,10 +19,10 @@ from streams import schemas
 from streams.classify.model_client import ModelReply
 from streams.classify.probabilities import normalised_entropy
 from streams.classify.records import Source, classification_record, dead_letter_record
-from streams.confidence.methods import MethodResult
-from streams.confidence.names import FIRST_TOKEN
 from streams.classify.requests import ERROR_TYPES, ClassificationRequest, parse_request
 from streams.classify.routing import REVIEW_REASONS, Route, route
+from streams.confidence.methods import MethodResult
+from streams.confidence.names import FIRST_TOKEN
 from streams.errors import BadRequest, ModelError
 from streams.settings import TOPIC_NAMES
 from streams.tasks import TaskRegistry, parse_tasks

@@ -142,7 +142,7 @@ def test_sasl_ssl_options_combine_credentials_with_a_tls_context(
     construct_clients(kafka_client_options(s))
     creds = faust_broker_options(s)["broker_credentials"]
     assert isinstance(creds, faust.SASLCredentials)
-    auth = credentials_to_aiokafka_auth(creds)
+    auth = dict(credentials_to_aiokafka_auth(creds))
     assert isinstance(auth.pop("ssl_context"), ssl.SSLContext)
     assert auth == options, "Faust's consumer and producer get the same protocol, mechanism and credentials"
 
@@ -162,7 +162,7 @@ def test_ssl_with_ca_and_client_certificate(tls_files: dict[str, str]) -> None:
     construct_clients(options)
     creds = faust_broker_options(s)["broker_credentials"]
     assert isinstance(creds, faust.SSLCredentials) and isinstance(creds.context, ssl.SSLContext)
-    auth = credentials_to_aiokafka_auth(creds)
+    auth = dict(credentials_to_aiokafka_auth(creds))
     assert auth["security_protocol"] == "SSL" and auth["ssl_context"] is creds.context
 
 
@@ -279,7 +279,8 @@ def test_unreadable_or_empty_password_file_names_the_variable(tmp_path: Path) ->
     base = {"STREAMS_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "STREAMS_SASL_MECHANISM": "PLAIN",
             "STREAMS_SASL_USERNAME": "svc"}
     problems, _ = problems_of(base | {"STREAMS_SASL_PASSWORD_FILE": str(tmp_path / "missing")})
-    assert len(problems) == 1 and problems[0].startswith("STREAMS_SASL_PASSWORD_FILE=") and "cannot be read" in problems[0]
+    assert len(problems) == 1 and problems[0].startswith("STREAMS_SASL_PASSWORD_FILE=")
+    assert "cannot be read" in problems[0]
     (tmp_path / "empty").write_text("\n")
     problems, _ = problems_of(base | {"STREAMS_SASL_PASSWORD_FILE": str(tmp_path / "empty")})
     assert len(problems) == 1 and problems[0].startswith("STREAMS_SASL_PASSWORD_FILE=") and "empty" in problems[0]

@@ -10,7 +10,7 @@ P, Q = ("reqs", 0), ("reqs", 1)
 
 
 def test_a_partition_with_work_waiting_and_no_delivery_is_reported_once_then_every_period() -> None:
-    w = StallWatch(after_s=30)
+    w: StallWatch[tuple[str, int]] = StallWatch(after_s=30)
     assert w.observe(0, {P: 10}, {P: 5}) == []
     assert w.observe(29, {P: 10}, {P: 5}) == []
     assert w.observe(30, {P: 10}, {P: 5}) == [Stall(P, 10, 30)]
@@ -20,7 +20,7 @@ def test_a_partition_with_work_waiting_and_no_delivery_is_reported_once_then_eve
 
 
 def test_a_delivery_or_an_empty_partition_ends_the_stall() -> None:
-    w = StallWatch(after_s=30)
+    w: StallWatch[tuple[str, int]] = StallWatch(after_s=30)
     w.observe(0, {P: 10, Q: 3}, {P: 5, Q: 1})
     assert {s.partition for s in w.observe(30, {P: 10, Q: 3}, {P: 5, Q: 1})} == {P, Q}
     assert w.observe(31, {P: 9, Q: 0}, {P: 6, Q: 1}) == []
@@ -30,7 +30,7 @@ def test_a_delivery_or_an_empty_partition_ends_the_stall() -> None:
 
 
 def test_busy_partitions_and_revoked_ones_are_never_stalled() -> None:
-    w = StallWatch(after_s=30)
+    w: StallWatch[tuple[str, int]] = StallWatch(after_s=30)
     for t in range(0, 300, 5):  # lag never drains, but deliveries keep coming: busy, not stalled
         assert w.observe(t, {P: 100}, {P: t}) == []
     w.observe(300, {Q: 4}, {})
