@@ -4,6 +4,7 @@ registers nothing: `streams.worker` (the composition root) builds the app, the s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from streams.faust_rebalance import hold_fetch_until_seeked
 from streams.faust_tuning import FAUST_TUNING
 from streams.kafka_io import TopicFeed
 from streams.kafka_security import faust_broker_options
+from streams.ops.tracing import Tracing
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -26,6 +28,10 @@ class ClassifyApp(faust.App):
         #: (what, feed) read to the exact high watermark at start, before any request is classified,
         #: and stopped with the app (calibrators, drift baselines); registered by the agents modules.
         self.preload: list[tuple[str, TopicFeed]] = []
+        #: Set once every preload feed was read to its end (readiness needs it).
+        self.preloaded = asyncio.Event()
+        #: Flushed and stopped with the app (set by the composition root).
+        self.tracing: Tracing | None = None
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -33,10 +39,13 @@ class ClassifyApp(faust.App):
         await ensure_topics(self.settings)
         for what, feed in self.preload:
             self.log.info("loaded %d %s record(s)", await feed.load(), what)
+        self.preloaded.set()
 
     async def on_stop(self) -> None:
         for _, feed in self.preload:
             await feed.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still batched
         await super().on_stop()
 
 

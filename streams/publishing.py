@@ -12,6 +12,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry.trace import SpanKind
+
+from streams.ops.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +26,8 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes
+    #: Kafka headers: the request's W3C trace context (streams/ops/tracing.py), carried to every output.
+    headers: list[tuple[str, bytes]] | None = None
 
 
 #: Sends one output and returns once the broker has acknowledged it.
@@ -41,16 +47,26 @@ class KafkaPublisher:
     sensor layers cost more per record than the send itself (bench/README.md, Throughput).
     """
 
-    def __init__(self, producer: Callable[[], Awaitable[_Producer]], topic_names: Mapping[str, str]) -> None:
+    def __init__(self, producer: Callable[[], Awaitable[_Producer]], topic_names: Mapping[str, str],
+                 tracing: Tracing | None = None) -> None:
         self._producer = producer
         self.topic_names = dict(topic_names)
+        self.tracing = tracing if tracing is not None else Tracing()
 
     async def __call__(self, output: Output) -> None:
+        if self.tracing.enabled:
+            with self.tracing.span(f"publish {output.topic}", output.headers, SpanKind.PRODUCER):
+                await self._send(output)
+        else:
+            await self._send(output)
+
+    async def _send(self, output: Output) -> None:
         delay = 0.1
         while True:
             try:
                 producer = await self._producer()
-                fut = await producer.send(self.topic_names[output.topic], output.key, output.value, None, None, None)
+                fut = await producer.send(self.topic_names[output.topic], output.key, output.value, None, None,
+                                          output.headers or None)
                 await fut
                 return
             except asyncio.CancelledError:

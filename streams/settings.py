@@ -333,6 +333,9 @@ VARIABLES: tuple[Var, ...] = (
         Text("must start with http:// or https://", _is_http_url, optional=True),
         "receives review-queue and drift alerts (JSON POST, retried)"),
     Var("STREAMS_TOKEN_PRICES", "token_prices", "", TokenPrices(), "token prices by model, for the cost metric"),
+    Var("STREAMS_OTLP_ENDPOINT", "otlp_endpoint", "",
+        Text("must start with http:// or https://", _is_http_url, optional=True),
+        "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (empty = no spans recorded)"),
 )
 
 
@@ -394,6 +397,7 @@ class Settings:
     review_alert_age_s: float
     alert_webhook_url: str | None
     token_prices: dict[str, tuple[float, float]]  # model -> USD per million prompt, completion tokens
+    otlp_endpoint: str | None
 
     def topic(self, logical: str) -> str:
         return self.topics[logical]

@@ -24,6 +24,7 @@ from streams.drift.monitor import DriftAccumulator
 from streams.ops import agents as ops_agents
 from streams.ops.metrics import ServiceMetrics, count_retries
 from streams.ops.review_queue import ReviewQueue
+from streams.ops.tracing import Tracing
 from streams.publishing import KafkaPublisher, Publish
 from streams.settings import Settings
 from streams.tasks import TaskRegistry, load_tasks
@@ -38,6 +39,7 @@ class Services:
     app: ClassifyApp
     topics: dict[str, faust.TopicT]
     metrics: ServiceMetrics
+    tracing: Tracing
     model: ModelClient
     calibrators: CalibratorRegistry
     accumulator: DriftAccumulator
@@ -52,16 +54,18 @@ def build_services(settings: Settings, tasks: TaskRegistry) -> Services:
     app = build_app(settings)
     topics = build_topics(app, settings)
     metrics = ServiceMetrics(settings.token_prices)
-    model = ModelClient(settings.model_timeout_s, settings.model_max_retries, observer=metrics)
+    tracing = Tracing.from_endpoint(settings.otlp_endpoint, settings.app_id)
+    app.tracing = tracing
+    model = ModelClient(settings.model_timeout_s, settings.model_max_retries, observer=metrics, tracing=tracing)
     calibrators = CalibratorRegistry(tasks)
     accumulator = DriftAccumulator(tasks)
     classifier = Classifier(tasks, model, settings.max_text_chars, settings.deadletter_excerpt_bytes,
-                            calibrators, accumulator.observe)
+                            calibrators, accumulator.observe, tracing)
     queue = ReviewQueue({name: t.labels for name, t in tasks.tasks.items()}, max_items=settings.review_queue_max)
     publish = KafkaPublisher(app.maybe_start_producer,
-                             {logical: topic.get_topic_name() for logical, topic in topics.items()})
-    return Services(settings, tasks, app, topics, metrics, model, calibrators, accumulator, classifier, queue,
-                    publish)
+                             {logical: topic.get_topic_name() for logical, topic in topics.items()}, tracing)
+    return Services(settings, tasks, app, topics, metrics, tracing, model, calibrators, accumulator, classifier,
+                    queue, publish)
 
 
 def build_worker(env: Mapping[str, str] | None = None) -> ClassifyApp:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.types import StreamT
 
-from streams.calibration.loop import FeedbackHandler, Refitter
+from streams.calibration.loop import FeedbackHandler, Refitter, with_trace
 from streams.classify.records import Source
 from streams.kafka_io import read_topic
 from streams.kafka_security import kafka_client_options
@@ -41,9 +41,10 @@ def register(s: Services) -> None:
 
     @app.agent(s.topics["review"], name="index-review")
     async def index_review(stream: StreamT) -> None:
-        async for key, value in stream.items():
+        async for event in stream.events():
+            key, value = event.key, event.value
             if key and value:
-                review_items[key.decode()] = orjson.loads(value)
+                review_items[key.decode()] = with_trace(orjson.loads(value), event.message.headers)
 
     @app.agent(s.topics["feedback"], name="feedback")
     async def feedback(stream: StreamT) -> None:

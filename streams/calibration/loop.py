@@ -20,10 +20,22 @@ from streams.calibration.store import calibrator_record
 from streams.classify.records import Source, dead_letter_record
 from streams.confidence.names import FIRST_TOKEN
 from streams.errors import BadRequest
+from streams.ops.tracing import Headers, trace_headers
 from streams.publishing import Output, Publish
 from streams.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
+
+
+TRACE_KEY = "_trace"  # the review item's trace headers, kept beside the record in the review-items table
+
+
+def with_trace(item: dict[str, Any], headers: Headers) -> dict[str, Any]:
+    """The review record with its message's trace context, so the human result joins the request's trace."""
+    trace = trace_headers(headers)
+    if trace:
+        item[TRACE_KEY] = [[k, bytes(v).decode("latin-1")] for k, v in trace]
+    return item
 
 
 class FeedbackHandler:
@@ -50,10 +62,11 @@ class FeedbackHandler:
                                         self.excerpt_bytes)
             return [Output("deadletter", exc.request_id.encode() if exc.request_id else key, orjson.dumps(record))]
         task = self.tasks.tasks[fb.task]
-        outputs = [Output("results", fb.id.encode(), orjson.dumps(human_result(item, fb, task.labels)))]
+        trace = [(k, v.encode("latin-1")) for k, v in item.get(TRACE_KEY) or ()] or None
+        outputs = [Output("results", fb.id.encode(), orjson.dumps(human_result(item, fb, task.labels)), trace)]
         example = labelled_example(item, fb)
         if example is not None:
-            outputs.append(Output("examples", fb.task.encode(), orjson.dumps(example)))
+            outputs.append(Output("examples", fb.task.encode(), orjson.dumps(example), trace))
         del self.review_items[fb.id]  # answered once, not offered again
         return outputs
 

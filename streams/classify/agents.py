@@ -57,7 +57,8 @@ class InFlight:
     async def _handle(self, event: EventT, ticket: Ticket) -> None:
         msg = event.message
         try:
-            outputs = await self.classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset))
+            outputs = await self.classifier.process(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset),
+                                                    msg.headers)
             if len(outputs) == 1:  # the usual case: no gather, no extra task
                 await self.publish(outputs[0])
             else:

@@ -46,9 +46,11 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+from opentelemetry.trace import SpanKind
 
 from streams.classify.circuit import HALF_OPEN, CircuitBreaker
 from streams.errors import ModelError
+from streams.ops.tracing import Tracing
 from streams.tasks import ModelEndpoint, Task
 
 BAD_RESPONSE_BACKOFF_S = 0.5  # first backoff before re-asking after an unusable 200 answer (as openai's)
@@ -113,6 +115,7 @@ class ModelClient:
         bad_response_backoff_s: float = BAD_RESPONSE_BACKOFF_S,
         circuit_poll_s: float = CIRCUIT_POLL_S,
         observer: CallObserver | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._max_retries = max_retries
@@ -120,6 +123,7 @@ class ModelClient:
         self._bad_response_backoff_s = bad_response_backoff_s
         self._circuit_poll_s = circuit_poll_s
         self.observer = observer
+        self.tracing = tracing if tracing is not None else Tracing()
         self._clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
         self._probe_clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
         #: One breaker per endpoint base URL; `snapshot()` of each is JSON-able, for metrics.
@@ -203,6 +207,13 @@ class ModelClient:
                                     lambda resp, ms: _sample(resp, ms, endpoint.name))
 
     async def _observed(self, task: str, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
+                        parse: Callable[[Any, float], Any]) -> Any:
+        if self.tracing.enabled:  # a span per call (each sample of self-consistency), under the request's span
+            with self.tracing.span("model call", kind=SpanKind.CLIENT, task=task, model=endpoint.name):
+                return await self._measured(task, endpoint, create, parse)
+        return await self._measured(task, endpoint, create, parse)
+
+    async def _measured(self, task: str, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
                         parse: Callable[[Any, float], Any]) -> Any:
         observer = self.observer
         if observer is None:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -27,6 +28,7 @@ from streams.confidence.capabilities import Capabilities
 from streams.confidence.methods import MethodResult, MethodRunner, choose_method, task_endpoints
 from streams.confidence.probe import ProbeCache
 from streams.errors import BadRequest, ModelError
+from streams.ops.tracing import Headers, Tracing, trace_headers
 from streams.publishing import Output
 from streams.tasks import ModelEndpoint, Task, TaskRegistry
 
@@ -47,13 +49,15 @@ class Classifier:
     """Bytes in, exactly one output out (two when an auto-accepted item is also sampled for audit)."""
 
     def __init__(self, tasks: TaskRegistry, model: ModelClient, max_text_chars: int, excerpt_bytes: int,
-                 calibrators: CalibratorRegistry | None = None, observe: Observe | None = None) -> None:
+                 calibrators: CalibratorRegistry | None = None, observe: Observe | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.tasks = tasks
         self.model = model
         self.max_text_chars = max_text_chars
         self.excerpt_bytes = excerpt_bytes
         self.calibrators = calibrators if calibrators is not None else CalibratorRegistry(tasks)
         self.observe = observe
+        self.tracing = tracing if tracing is not None else Tracing()
         self.runner = MethodRunner(model)
         self.probes = ProbeCache(model)
 
@@ -73,8 +77,25 @@ class Classifier:
     def member_calibrated(self, task: Task) -> Callable[[str, str, np.ndarray], np.ndarray]:
         return lambda method, model, p: self.calibrators.calibrator(task.name, method, model).transform(p)
 
-    async def process(self, raw: bytes | None, key: bytes | None, source: Source) -> list[Output]:
-        """One output per input message (two when an auto-accepted item is also sampled for audit)."""
+    async def process(self, raw: bytes | None, key: bytes | None, source: Source,
+                      headers: Headers = None) -> list[Output]:
+        """One output per input message (two when an auto-accepted item is also sampled for audit).
+
+        Every output carries the request's trace context (`headers`), under this worker's own span when
+        tracing is on (streams/ops/tracing.py).
+        """
+        if not self.tracing.enabled:  # the hot path when tracing is off: pass the trace headers on, no span
+            outputs = await self._process(raw, key, source)
+            trace = trace_headers(headers)
+        else:
+            with self.tracing.consumed("classify", headers, topic=source.topic, partition=source.partition,
+                                       offset=source.offset) as trace:
+                outputs = await self._process(raw, key, source)
+        if trace:
+            outputs = [replace(o, headers=trace) for o in outputs]
+        return outputs
+
+    async def _process(self, raw: bytes | None, key: bytes | None, source: Source) -> list[Output]:
         try:
             request = parse_request(raw, self.tasks, self.max_text_chars)
         except BadRequest as exc:

@@ -36,6 +36,7 @@ from streams.publishing import Output
 from streams.stamps import now_iso
 
 if TYPE_CHECKING:
+    from streams.app import ClassifyApp
     from streams.worker import Services
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,15 @@ def consumer_view(app: faust.App, tp: tuple[str, int]) -> dict[str, Any]:
             "committed": getattr(consumer, "_committed_offset", {}).get(tp),
             "flow_active": getattr(consumer, "flow_active", None), "rebalancing": app.rebalancing,
             "unacked": len(getattr(consumer, "_unacked_messages", ()))}
+
+
+def readiness(app: ClassifyApp) -> dict[str, Any]:
+    """What `/readyz` reports: ready once state is loaded, no rebalance is running and partitions are held."""
+    loaded = app.preloaded.is_set()
+    assigned = len(app.consumer.assignment()) if loaded else 0
+    rebalancing = bool(app.rebalancing)
+    return {"ready": loaded and not rebalancing and assigned > 0, "state_loaded": loaded,
+            "rebalancing": rebalancing, "assigned_partitions": assigned}
 
 
 def _order(value: str | None) -> Any:
@@ -169,6 +179,21 @@ def register(s: Services) -> None:
                 webhook.forward(orjson.loads(value))
             except orjson.JSONDecodeError:
                 log.warning("forward-alerts: skipping an unreadable drift alert")
+
+    @app.page("/healthz")
+    class LiveView(View):
+        """Liveness: the event loop answers (a wedged worker stops answering and is restarted)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"live": True})
+
+    @app.page("/readyz")
+    class ReadyView(View):
+        """Readiness: calibrators and baselines loaded, not rebalancing, and partitions assigned."""
+
+        async def get(self, request: Request) -> Response:
+            state = readiness(app)
+            return self.json(state, status=200 if state["ready"] else 503)
 
     @app.page("/metrics")
     class MetricsView(View):

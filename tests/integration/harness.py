@@ -93,13 +93,14 @@ def wait_ready(proc: ChildProcess, timeout_s: float = 60) -> ChildProcess:
     return proc
 
 
-async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]],
+                  headers: list[tuple[str, bytes]] | None = None) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     n = 0
     try:
         for key, value in messages:
-            await producer.send(topic, value, key=key)
+            await producer.send(topic, value, key=key, headers=headers)
             n += 1
         await producer.flush()
     finally:
@@ -114,6 +115,7 @@ class Received:
     offset: int
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def json(self) -> dict[str, Any]:
         return orjson.loads(self.value)
@@ -132,7 +134,8 @@ async def collect(bootstrap: str, topics: list[str], done: Callable[[list[Receiv
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for tp, msgs in batch.items():
-                got.extend(Received(tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs)
+                got.extend(Received(tp.topic, tp.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                           for m in msgs)
             if settle_until is None and done(got):
                 settle_until = time.monotonic() + settle_s
             if settle_until is not None and time.monotonic() >= settle_until:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from tests.integration.harness import (
     SyntheticModel,
     Worker,
     collect,
+    http_json,
     produce,
     run,
     scrape,
@@ -29,6 +31,7 @@ from tests.integration.harness import (
     write_tasks,
 )
 
+TRACEPARENT = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 PRICE = (1000.0, 2000.0)  # USD per million prompt / completion tokens for model "synthetic"
 
 
@@ -68,6 +71,15 @@ class Hook(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def readyz(port: int) -> dict[str, Any]:
+    """/readyz's body, whether it answers 200 (ready) or 503 (not yet)."""
+    try:
+        return http_json(f"http://127.0.0.1:{port}/readyz")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503, exc.code
+        return dict(orjson.loads(exc.read()))
 
 
 def wait_for(check: Any, timeout_s: float, what: str) -> Any:
@@ -211,16 +223,21 @@ def test_metrics_count_every_call_of_a_self_consistency_task(broker: EmbeddedBro
                         extra_env={"STREAMS_TOKEN_PRICES": f"synthetic={PRICE[0]}:{PRICE[1]}"})
         with worker.process() as proc:
             wait_ready(proc)
+            live = http_json(f"http://127.0.0.1:{worker.web_port}/healthz")
+            ready = wait_for(lambda: (r := readyz(worker.web_port)) and r["ready"] and r, 30, "readiness")
             msgs = [(f"sc{i}".encode(), orjson.dumps({"id": f"sc{i}", "task": "sentiment", "text": f"film {i}"}))
                     for i in range(n)]
-            run(produce(broker.bootstrap, worker.topic("requests"), msgs))
+            run(produce(broker.bootstrap, worker.topic("requests"), msgs, headers=[TRACEPARENT]))
             got = run(collect(broker.bootstrap, [worker.topic("results"), worker.topic("review")],
                               lambda g: len({r.key for r in g}) >= n, timeout_s=60))
             records = {r.key: r.json() for r in got if not r.json().get("audit")}
             m = wait_for(lambda: (x := scrape(worker.web_port)) and
                          total(x.get("llm_classify_requests_total", {})) >= n and x, 20, "every outcome counted")
             served = model.stats()["requests"]
+    assert live == {"live": True}
+    assert ready["state_loaded"] and ready["assigned_partitions"] >= worker.partitions and not ready["rebalancing"]
     assert all(r["method"] == "self_consistency" for r in records.values())
+    assert all(TRACEPARENT in r.headers for r in got), "every output carries the request's trace context"
     calls = sum(r["requests"] for r in records.values())
     assert calls >= 3 * n, "at least min_samples calls per request (one sample per call)"
     assert total(m["llm_classify_model_calls_total"], task="sentiment") == calls == served
