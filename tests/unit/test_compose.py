@@ -330,3 +330,177 @@ def test_only_worker_publishes_ports() -> None:
     services = _compose()["services"]
     for name in ("kafka", "model"):
         assert not services[name].get("ports"), f"{name} should be reachable only inside the compose network"
+
+
+# --------------------------------------------------------------------------- monitoring: prometheus, grafana
+
+# Official images pinned to a release (never `latest` or a floating major): vX.Y.Z / X.Y.Z.
+_PINNED = {"prometheus": r"prom/prometheus:v\d+\.\d+\.\d+", "grafana": r"grafana/grafana:\d+\.\d+\.\d+"}
+
+
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) for each `volumes` entry, short or long syntax."""
+    out = []
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            out.append((str(entry.get("source", "")), str(entry.get("target", "")), bool(entry.get("read_only"))))
+            continue
+        parts = _resolve(str(entry)).split(":")
+        mode = parts[2] if len(parts) > 2 else "rw"
+        out.append((parts[0], parts[1], "ro" in mode.split(",")))
+    return out
+
+
+def _host_path(service: dict[str, Any], container_path: str) -> Path | None:
+    """The repository file or folder a bind mount puts at `container_path` (the deepest mount wins)."""
+    best: tuple[int, Path] | None = None
+    for source, target, _ in _mounts(service):
+        if not source.startswith((".", "/")):
+            continue  # a named volume
+        target = target.rstrip("/")
+        if container_path == target or container_path.startswith(target + "/"):
+            path = (ROOT / source / container_path[len(target):].lstrip("/")).resolve()
+            if best is None or len(target) > best[0]:
+                best = (len(target), path)
+    return best[1] if best else None
+
+
+def _flag(cmd: list[str], name: str, default: str) -> str:
+    for i, arg in enumerate(cmd):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(cmd):
+            return cmd[i + 1]
+    return default
+
+
+def _prometheus_config() -> tuple[str, Path, dict[str, Any]]:
+    """Where the prometheus service reads its config (container path), that file in the repo, and its content."""
+    prometheus = _service("prometheus")
+    config_path = _flag(_command(prometheus), "--config.file", "/etc/prometheus/prometheus.yml")
+    host = _host_path(prometheus, config_path)
+    assert host is not None and host.is_file(), f"{config_path} is not mounted from a file in the repository"
+    return config_path, host, yaml.safe_load(host.read_text(encoding="utf-8"))
+
+
+def test_monitoring_services_use_pinned_official_images() -> None:
+    for name, pattern in _PINNED.items():
+        image = str(_service(name).get("image", ""))
+        assert re.fullmatch(pattern, image), f"{name}: {image!r} is not an official image pinned to a release"
+
+
+def test_monitoring_mounts_exist_in_the_repo_and_are_read_only() -> None:
+    declared = set((_compose().get("volumes") or {}).keys())
+    for name in _PINNED:
+        mounts = _mounts(_service(name))
+        assert mounts, f"{name} mounts nothing"
+        for source, target, read_only in mounts:
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name}: {source} (mounted at {target}) is not in the repository"
+                assert read_only, f"{name}: mount {source} read-only (:ro); the container must not edit the repo"
+            else:
+                assert source in declared, f"{name}: named volume {source!r} is not declared under `volumes`"
+
+
+def test_prometheus_scrapes_the_worker_metrics_port_and_loads_the_alert_rules() -> None:
+    config_path, host, config = _prometheus_config()
+    assert host == (ROOT / "deploy" / "prometheus.yml").resolve()
+    web_port = Settings.from_env(_container_env()).web_port
+    jobs = config.get("scrape_configs") or []
+    targets: list[tuple[str, int]] = []
+    for job in jobs:
+        if job.get("metrics_path", "/metrics") != "/metrics":
+            continue
+        for sd in job.get("dns_sd_configs") or []:
+            targets += [(str(n), int(sd["port"])) for n in sd.get("names") or []]
+        for static in job.get("static_configs") or []:
+            for target in static.get("targets") or []:
+                h, _, p = str(target).rpartition(":")
+                targets.append((h, int(p)))
+    assert ("worker", web_port) in targets, f"no scrape job reaches worker:{web_port}/metrics: {targets}"
+    # rule_files are relative to the config file, inside the container: each must be a mounted repo file.
+    rules = config.get("rule_files") or []
+    assert rules, "prometheus.yml loads no alert rules"
+    base = config_path.rsplit("/", 1)[0]
+    for rule in rules:
+        container = rule if rule.startswith("/") else f"{base}/{rule}"
+        rule_host = _host_path(_service("prometheus"), container)
+        assert rule_host is not None and rule_host.is_file(), f"{container} is not mounted into prometheus"
+        assert rule_host == (ROOT / "deploy" / "alert-rules.yml").resolve(), rule_host
+
+
+def _grafana_files(kind: str) -> list[dict[str, Any]]:
+    """The provisioning YAML documents of one kind (datasources, dashboards) the grafana service reads."""
+    grafana = _service("grafana")
+    root = _environment(grafana).get("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning")
+    host = _host_path(grafana, f"{root}/{kind}")
+    assert host is not None and host.is_dir(), f"grafana's {root}/{kind} is not mounted from the repository"
+    docs = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(host.glob("*.y*ml"))]
+    assert docs, f"no {kind} provisioning file under {host}"
+    return docs
+
+
+def test_grafana_provisions_prometheus_and_the_dashboard_file() -> None:
+    grafana = _service("grafana")
+    prometheus_port = int(_flag(_command(_service("prometheus")), "--web.listen-address", ":9090").rpartition(":")[2])
+    sources = [ds for doc in _grafana_files("datasources") for ds in doc.get("datasources") or []]
+    proms = [ds for ds in sources if ds.get("type") == "prometheus"]
+    assert proms, "no prometheus datasource provisioned"
+    url = urlsplit(proms[0]["url"])
+    assert (url.hostname, url.port) == ("prometheus", prometheus_port), f"datasource url {proms[0]['url']}"
+    providers = [p for doc in _grafana_files("dashboards") for p in doc.get("providers") or []]
+    assert providers, "no dashboard provider"
+    dashboards: list[Path] = []
+    for provider in providers:
+        assert provider.get("type", "file") == "file"
+        folder = _host_path(grafana, str(provider["options"]["path"]).rstrip("/"))
+        assert folder is not None and folder.is_dir(), f"provider path {provider['options']['path']} is not mounted"
+        dashboards += sorted(folder.glob("*.json"))
+    expected = (ROOT / "deploy" / "grafana" / "dashboards" / "llm-classify.json").resolve()
+    assert expected in dashboards, f"the provider does not load {expected.relative_to(ROOT)}: {dashboards}"
+    home = _environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        assert _host_path(grafana, home) == expected, f"home dashboard {home} is not the provisioned file"
+    # The dashboard's datasource variable defaults to the provisioned datasource's uid.
+    doc = json.loads(expected.read_text(encoding="utf-8"))
+    variable = next(v for v in doc["templating"]["list"] if v.get("type") == "datasource")
+    assert variable["current"]["value"] == proms[0]["uid"], (variable["current"], proms[0]["uid"])
+
+
+def test_grafana_has_no_anonymous_access_and_no_password_in_the_file() -> None:
+    grafana = _service("grafana")
+    env = _environment(grafana)
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "false", "turn anonymous access off explicitly"
+    assert env.get("GF_USERS_ALLOW_SIGN_UP", "false") == "false"
+    raw = grafana.get("environment") or {}
+    raw_password = str(raw.get("GF_SECURITY_ADMIN_PASSWORD", "")) if isinstance(raw, dict) else ""
+    if raw_password:
+        assert re.fullmatch(r"\$\{[A-Za-z_]\w*\}", raw_password), "the admin password must come from the host"
+        return
+    secret_file = env.get("GF_SECURITY_ADMIN_PASSWORD__FILE", "")
+    assert secret_file.startswith("/run/secrets/"), "set the admin password from a secret (..._PASSWORD__FILE)"
+    name = secret_file.rsplit("/", 1)[1]
+    granted = {(s if isinstance(s, str) else s.get("target") or s["source"]): (s if isinstance(s, str) else s["source"])
+               for s in grafana.get("secrets") or []}
+    assert name in granted, f"grafana is not given the secret {name!r}"
+    secret = (_compose().get("secrets") or {}).get(granted[name]) or {}
+    assert secret.get("environment") or secret.get("file"), f"secret {granted[name]!r} has no source"
+    if secret.get("file"):
+        assert not (ROOT / _resolve(str(secret["file"]))).is_file(), "a password file must not be in the repository"
+    # No default value hides a password in the compose file either.
+    assert not re.search(r"PASSWORD[A-Z_]*:?-[^}]", COMPOSE.read_text(encoding="utf-8")), "no default passwords"
+
+
+def test_monitoring_is_wired_together_and_published_on_loopback_only() -> None:
+    grafana, prometheus = _service("grafana"), _service("prometheus")
+    assert (grafana.get("depends_on") or {}).get("prometheus", {}).get("condition") == "service_healthy"
+    assert prometheus.get("healthcheck", {}).get("test"), "prometheus has no healthcheck for grafana to wait on"
+    assert "worker" in (prometheus.get("depends_on") or {}), "prometheus scrapes the worker: start it first"
+    assert set(grafana.get("profiles") or []) == set(prometheus.get("profiles") or []), "one profile for both"
+    for name, port in (("prometheus", "9090"), ("grafana", "3000")):
+        bindings = _port_bindings(_service(name))
+        assert bindings and all(h == "127.0.0.1" for h, _, _ in bindings), f"{name}: publish on 127.0.0.1 only"
+        assert any(target == port for _, _, target in bindings), f"{name}: no binding targets {port}"
+    # The default stack stays the three services it was: monitoring is opt-in (its secret must be set).
+    default = [n for n, s in _compose()["services"].items() if not s.get("profiles")]
+    assert sorted(default) == ["kafka", "model", "worker"], default

@@ -101,8 +101,9 @@ def test_one_trace_runs_from_the_producer_through_every_model_call_to_the_result
     (published,) = [s for name, ss in by_name.items() if name.startswith("publish ") for s in ss]
     assert published.kind == trace.SpanKind.PRODUCER and published.parent is not None
     assert published.parent.span_id == classify.context.span_id
-    (topic, key, _, sent_headers), = recorder.sent
-    assert key == b"r1" and f"{trace_id:032x}" in _traceparent(sent_headers), "the result carries the trace"
+    ((topic, key, _, sent_headers),) = recorder.sent
+    assert topic in ("classify.results", "classify.review") and key == b"r1"
+    assert f"{trace_id:032x}" in _traceparent(sent_headers), "the result carries the trace"
 
 
 def test_tracing_off_passes_the_context_through_and_the_human_result_joins_it() -> None:
