@@ -702,7 +702,8 @@ class StreamsClient:
                 await self._follow()  # the reply topics are read from before the request leaves
                 self._waiters[rid] = _Waiter(future, wait_for_human)
                 producer = await self._producer_started()
-                await (await producer.send(self.topic("requests"), raw, key=rid.encode()))
+                ack = await producer.send(self.topic("requests"), raw, key=rid.encode())
+                await asyncio.shield(ack)  # a timeout must not cancel the producer's own future
                 published = True
                 return await future
         except TimeoutError:
