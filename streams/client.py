@@ -674,6 +674,9 @@ class StreamsClient:
         partitions with other members and resume from committed offsets; `start` then applies only
         when the group has none. `window`: ids remembered for deduplication (default: the client's;
         0: off). `idle_timeout`: stop iterating after that many seconds without a record.
+
+        On Tansu, whose "latest" offset can stop short of the end (README, Notes on the local stack), a
+        "latest" stream may also yield a few records from just before it started.
         """
         return OutcomeStream(self, start=start, group_id=group_id, dead_letters=dead_letters,
                              include_audit=include_audit, window=window, idle_timeout=idle_timeout,

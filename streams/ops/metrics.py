@@ -172,23 +172,30 @@ class RetryLogCounter(logging.Filter):
     """Counts the openai client's retries from its own log line, the only place it reports them.
 
     The logger is lowered to INFO so the line is always produced; the filter then drops what the
-    `openai` logger's level would have hidden, so the worker's log looks as before.
+    `openai` logger's level would have hidden, so the worker's log looks as before. One filter per
+    logger feeds every registered counter: a second filter would never see the lines the first drops.
     """
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.counter = counter
+        self.counters: list[Counter] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("Retrying request"):
-            self.counter.inc()
+            for counter in self.counters:
+                counter.inc()
         return record.levelno >= logging.getLogger("openai").getEffectiveLevel()
 
 
 def count_retries(metrics: ServiceMetrics) -> RetryLogCounter:
+    """Count the openai client's retries into `metrics.retries` (idempotent per metrics object)."""
     logger = logging.getLogger(RETRY_LOGGER)
-    counter = RetryLogCounter(metrics.retries)
-    logger.addFilter(counter)
+    counter = next((f for f in logger.filters if isinstance(f, RetryLogCounter)), None)
+    if counter is None:
+        counter = RetryLogCounter()
+        logger.addFilter(counter)
+    if metrics.retries not in counter.counters:
+        counter.counters.append(metrics.retries)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)  # explicit, so a later root level (worker -l warning) cannot hide it
     return counter
