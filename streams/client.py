@@ -11,6 +11,8 @@ Why a client rather than raw aiokafka:
   request whose offset it had not committed, so a consumer can see an id twice. `outcomes()` yields
   typed records deduplicated by id within a bounded window (an LRU), and lets a reviewer's `human`
   decision through as the final word while dropping a model decision that arrives after it.
+- **Traces.** A request published while the caller has an OpenTelemetry span open carries that
+  span's W3C trace context in its headers; the worker carries it to every output (streams/ops/tracing.py).
 - **Request/reply.** `classify()` publishes one request and waits for its result, review item or
   dead letter, following the output topics from their end without a consumer group, so it never
   takes partitions away from the services that consume them.
@@ -45,6 +47,7 @@ from aiokafka.errors import KafkaError
 
 from streams.errors import BadRequest
 from streams.kafka_security import kafka_client_options
+from streams.ops.tracing import current_headers
 from streams.settings import ENV_DEFAULTS, TOPIC_NAMES, Settings
 
 if TYPE_CHECKING:
@@ -658,7 +661,8 @@ class StreamsClient:
         prepared = [self.prepare(r) for r in requests]
         producer = await self._producer_started()
         topic = self.topic("requests")
-        sent = [await producer.send(topic, raw, key=rid.encode()) for rid, raw in prepared]
+        headers = current_headers() or None  # the caller's trace context, when it has a span open
+        sent = [await producer.send(topic, raw, key=rid.encode(), headers=headers) for rid, raw in prepared]
         await asyncio.gather(*sent)
         return [rid for rid, _ in prepared]
 
@@ -705,7 +709,8 @@ class StreamsClient:
                 await self._follow()  # the reply topics are read from before the request leaves
                 self._waiters[rid] = _Waiter(future, wait_for_human)
                 producer = await self._producer_started()
-                ack = await producer.send(self.topic("requests"), raw, key=rid.encode())
+                ack = await producer.send(self.topic("requests"), raw, key=rid.encode(),
+                                          headers=current_headers() or None)
                 await asyncio.shield(ack)  # a timeout must not cancel the producer's own future
                 published = True
                 return await future

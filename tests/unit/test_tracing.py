@@ -131,3 +131,34 @@ def test_tracing_off_passes_the_context_through_and_the_human_result_joins_it() 
                                               Source("classify.feedback", 0, 9))
     assert human[0].topic == "results" and human[0].headers == [parent[0]]
     assert "_trace" not in orjson.loads(human[0].value), "the trace rides in headers, not in the payload"
+
+
+def test_the_client_puts_the_callers_trace_context_on_its_requests() -> None:
+    """A producer with a span open: the request's headers carry that span's context (else none)."""
+    from streams.client import StreamsClient
+
+    provider = TracerProvider()
+    sent: list[Any] = []
+
+    class Producer:
+        async def send(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> asyncio.Future[None]:
+            sent.append(headers)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    async def go() -> str:
+        client = StreamsClient("127.0.0.1:1")
+
+        async def started() -> Producer:
+            return Producer()
+
+        client._producer_started = started  # type: ignore[method-assign]  # no broker needed here
+        await client.publish_many([{"task": "t", "text": "x"}])
+        with provider.get_tracer("producer").start_as_current_span("send") as span:
+            await client.publish_many([{"task": "t", "text": "y"}])
+            return f"{span.get_span_context().trace_id:032x}"
+
+    trace_id = asyncio.run(go())
+    assert sent[0] is None, "no span open: no trace headers"
+    assert trace_id in _traceparent(sent[1])
