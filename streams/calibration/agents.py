@@ -50,6 +50,7 @@ def register(s: Services) -> None:
     async def feedback(stream: StreamT) -> None:
         async for event in stream.events():
             msg = event.message
+            await handle_feedback.item_indexed(msg.value)  # an answer can overtake its item's indexing
             for output in handle_feedback(msg.value, msg.key, Source(msg.topic, msg.partition, msg.offset)):
                 await s.publish(output)
 

@@ -38,6 +38,10 @@ def with_trace(item: dict[str, Any], headers: Headers) -> dict[str, Any]:
     return item
 
 
+#: How long an answer waits for its review item to be indexed before it is dead-lettered as unknown.
+ITEM_GRACE_S = 5.0
+
+
 class FeedbackHandler:
     """An answer for a pending review item -> the `human` result and a labelled example; else a dead letter.
 
@@ -46,6 +50,27 @@ class FeedbackHandler:
 
     def __init__(self, tasks: TaskRegistry, review_items: MutableMapping[str, Any], excerpt_bytes: int) -> None:
         self.tasks, self.review_items, self.excerpt_bytes = tasks, review_items, excerpt_bytes
+
+    async def item_indexed(self, raw: bytes | None, wait_s: float = ITEM_GRACE_S, poll_s: float = 0.05) -> bool:
+        """Wait (up to `wait_s`) for the answered id's review item to reach the table.
+
+        The review item and its answer are co-partitioned but read by two agents, so an answer sent as
+        soon as the item appeared on the review topic can overtake the item's indexing; without this
+        wait it would be dead-lettered as `unknown_id`. False when the id never shows (a duplicate or
+        unknown answer, dead-lettered after the wait), or when the answer has no readable id.
+        """
+        try:
+            rid = orjson.loads(raw or b"").get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+        if not isinstance(rid, str):
+            return False
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while self.review_items.get(rid) is None:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
+        return True
 
     def __call__(self, raw: bytes | None, key: bytes | None, source: Source) -> list[Output]:
         try:

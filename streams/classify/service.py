@@ -97,7 +97,11 @@ class Classifier:
 
     async def _process(self, raw: bytes | None, key: bytes | None, source: Source) -> list[Output]:
         try:
-            request = parse_request(raw, self.tasks, self.max_text_chars)
+            if self.tracing.enabled:
+                with self.tracing.span("parse request"):
+                    request = parse_request(raw, self.tasks, self.max_text_chars)
+            else:
+                request = parse_request(raw, self.tasks, self.max_text_chars)
         except BadRequest as exc:
             return [self._dead_letter(raw, key, exc.error_type, exc.message, "validate", source, exc.request_id)]
         try:

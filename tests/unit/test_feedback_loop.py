@@ -156,3 +156,26 @@ def test_registry_keeps_one_calibrator_per_task_method_and_model_newest_wins(tas
     legacy = {k: v for k, v in _record(FIRST_TOKEN, "m", "2026-04-01T00:00:00.000Z").items()
               if k != "confidence_method"}
     assert CalibratorKey.of_record(legacy) == CalibratorKey("s", FIRST_TOKEN, "m"), "absent means first-token"
+
+
+def test_an_answer_waits_briefly_for_its_review_item_to_be_indexed(tasks: TaskRegistry) -> None:
+    """The review item and its answer are read by two agents: an early answer waits for the index
+    instead of becoming an `unknown_id` dead letter; a duplicate answer gives up after the grace."""
+    table: dict[str, Any] = {}
+    handle = FeedbackHandler(tasks, table, 64)
+    answer = orjson.dumps({"id": "r9", "task": "s", "label": "neg"})
+
+    async def go() -> tuple[bool, bool, bool]:
+        async def index_later() -> None:
+            await asyncio.sleep(0.2)
+            table["r9"] = _item("r9")
+
+        indexing = asyncio.create_task(index_later())
+        found = await handle.item_indexed(answer, wait_s=5)
+        await indexing
+        handle(answer, b"r9", SOURCE)  # answered: the item leaves the table
+        again = await handle.item_indexed(answer, wait_s=0.2)
+        unreadable = await handle.item_indexed(b"{", wait_s=5)
+        return found, again, unreadable
+
+    assert asyncio.run(go()) == (True, False, False)

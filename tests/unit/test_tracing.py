@@ -93,6 +93,8 @@ def test_one_trace_runs_from_the_producer_through_every_model_call_to_the_result
     (classify,) = by_name["classify"]
     assert classify.parent is not None and classify.parent.span_id == root.context.span_id
     assert classify.kind == trace.SpanKind.CONSUMER
+    (parse,) = by_name["parse request"]
+    assert parse.parent is not None and parse.parent.span_id == classify.context.span_id
     calls = by_name["model call"]
     record = orjson.loads(outputs[0].value)
     assert len(calls) == record["requests"] == served >= 3, "a span per model call, every sample's"
