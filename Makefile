@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo lint test clean bench-calibration bench-throughput
+.PHONY: demo lint test chromium clean bench-calibration bench-throughput
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; run: make PYTHON=python3.11 ...")'
@@ -32,8 +32,21 @@ lint: $(VENV)/.installed-test
 	echo "$(PY) -m mypy"; $(PY) -m mypy || rc=1; \
 	exit $$rc
 
+# The browser test (tests/integration/test_dashboard_browser.py) drives Debian's chromium, and fails, never
+# skips, without it. Installed here when missing and it can be: as root, or through passwordless `sudo -n`.
+# When it cannot, make test still runs every test, and the browser test fails saying what is missing.
+# $CHROMIUM (an executable) stands in for /usr/bin/chromium, as in streams/ops/screenshot.py.
+chromium:
+	@if { [ -n "$$CHROMIUM" ] && [ -x "$$CHROMIUM" ]; } || [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; \
+	then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; else sudo="sudo -n"; fi; \
+	echo "chromium is missing: installing Debian's chromium for the browser test (apt-get)"; \
+	{ $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	|| echo "warning: could not install chromium (apt-get install -y chromium, as root); the browser test will fail" >&2
+
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
-test: $(VENV)/.installed-test lint
+test: $(VENV)/.installed-test lint chromium
 	@$(PY) -m pytest $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 

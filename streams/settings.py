@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streams.errors import ConfigError
+from streams.ops.auth import ReviewersError, is_loopback_host, parse_networks, read_reviewers
 
 _BROKER_URL = re.compile(r"^kafka://[^:/;\s]+:\d{1,5}$")
 _REFERENCE = re.compile(r"\{([A-Z0-9_]+)\}")
@@ -231,6 +232,72 @@ class TokenPrices:
         return prices
 
 
+@dataclass(frozen=True)
+class ReviewersPath:
+    """The path of a reviewers file (streams/ops/auth.py) that reads and parses; empty means None.
+    Problems name lines, never a hash."""
+
+    @property
+    def valid(self) -> str:
+        return "the path of a reviewers file (`name:hash[:tasks]` lines)"
+
+    def __call__(self, name: str, text: str) -> Path | None:
+        if not text:
+            return None
+        try:
+            read_reviewers(Path(text))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise Invalid(f"{name}={text!r} cannot be read ({reason}); create it with "
+                          "`python -m streams review reviewers add NAME`") from None
+        except ReviewersError as bad:
+            raise Invalid(*(f"{name}={text!r}: {p}" for p in bad.problems)) from None
+        return Path(text)
+
+
+@dataclass(frozen=True)
+class Networks:
+    """IP addresses or CIDRs, comma-separated; empty means none."""
+
+    @property
+    def valid(self) -> str:
+        return "IP addresses or CIDRs, comma-separated"
+
+    def __call__(self, name: str, text: str) -> tuple[Any, ...]:
+        try:
+            return parse_networks(text)
+        except ValueError as exc:
+            raise Invalid(f"{name}: {exc}; set {self.valid}, e.g. 10.0.0.5/32,fd00::/8") from None
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """The path of a file holding a random key (at least `min_chars` characters); empty means None.
+    Never echoed."""
+
+    min_chars: int = 32
+
+    @property
+    def valid(self) -> str:
+        return f"the path of a readable file holding at least {self.min_chars} random characters"
+
+    def __call__(self, name: str, text: str) -> str | None:
+        if not text:
+            return None
+        try:
+            key = Path(text).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise Invalid(f"{name}={text!r} cannot be read ({reason}); give {self.valid}") from None
+        if len(key) < self.min_chars:
+            raise Invalid(f"{name}={text!r} holds fewer than {self.min_chars} characters; write a random key into "
+                          "it, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+        return key
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+
+
 def _is_http_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
@@ -248,6 +315,7 @@ class Needs:
 
 
 SASL = Needs("STREAMS_SECURITY_PROTOCOL", ("SASL_PLAINTEXT", "SASL_SSL"), "SASL")
+AUTH = Needs("STREAMS_WEB_AUTH", ("ON",), "authentication")
 TLS = Needs("STREAMS_SECURITY_PROTOCOL", ("SSL", "SASL_SSL"), "TLS")
 
 
@@ -305,6 +373,26 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_SESSION_TIMEOUT_S", "session_timeout_s", "30", Number(1, 600), "consumer session timeout (seconds)"),
     Var("STREAMS_WEB_HOST", "web_host", "127.0.0.1", Text(), "Faust web server address (loopback by default)"),
     Var("STREAMS_WEB_PORT", "web_port", "6066", Integer(0, 65535), "Faust web server port"),
+    # Who may read review texts and answer them on the web pages (streams/ops/auth.py).
+    Var("STREAMS_WEB_AUTH", "web_auth", "on", Choice(("ON", "OFF")),
+        "OFF opens `/review/`, `/dashboard/` and the answer API to anyone who reaches the port: local "
+        "development only, and refused unless `STREAMS_WEB_HOST` is loopback", blank_is_default=True),
+    Var("STREAMS_REVIEWERS_FILE", "reviewers_file", "", ReviewersPath(),
+        "reviewer tokens, hashed (`python -m streams review reviewers add NAME`); re-read when it changes",
+        needs=AUTH),
+    Var("STREAMS_TRUSTED_PROXIES", "trusted_proxies", "", Networks(),
+        "authenticating proxies (oauth2-proxy...) whose user header is believed; from other addresses it is ignored",
+        needs=AUTH),
+    Var("STREAMS_PROXY_USER_HEADER", "proxy_user_header", "X-Forwarded-User",
+        Text("must be an HTTP header name (letters, digits, '-')", lambda s: bool(_HEADER_NAME.match(s))),
+        "the header a trusted proxy names the user in", needs=AUTH),
+    Var("STREAMS_WEB_SECRET_FILE", "web_secret", "", KeyFile(),
+        "key that signs browser sessions and CSRF tokens; give every worker the same one (unset: a random key "
+        "per worker process)", needs=AUTH),
+    Var("STREAMS_REVIEW_ANSWER_RATE", "review_answer_rate", "60", Integer(1, 100_000),
+        "answers per minute each reviewer may send to one worker (token bucket; 429 beyond)"),
+    Var("STREAMS_REVIEW_ANSWER_BURST", "review_answer_burst", "30", Integer(1, 100_000),
+        "answers a reviewer may send at once before `STREAMS_REVIEW_ANSWER_RATE` applies"),
     Var("STREAMS_DATA_DIR", "data_dir", ".{STREAMS_APP_ID}-data", PathValue(), "Faust's local state",
         blank_is_default=True),
     # Kafka security (streams/kafka_security.py turns these into client options).
@@ -382,6 +470,14 @@ class Settings:
     session_timeout_s: float
     web_host: str
     web_port: int
+    web_auth: str | None  # "ON" or "OFF"
+    reviewers_file: Path | None
+    trusted_proxies: tuple[Any, ...] | None  # ipaddress networks; None when authentication is off
+    proxy_user_header: str | None
+    #: Read from STREAMS_WEB_SECRET_FILE at start; never in repr or errors.
+    web_secret: str | None = field(repr=False)
+    review_answer_rate: int
+    review_answer_burst: int
     data_dir: Path
     topics: dict[str, str]  # logical name -> topic name with the prefix
     security_protocol: str
@@ -401,6 +497,10 @@ class Settings:
 
     def topic(self, logical: str) -> str:
         return self.topics[logical]
+
+    @property
+    def web_auth_enabled(self) -> bool:
+        return self.web_auth != "OFF"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -460,6 +560,13 @@ def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"{first.name} is not set{others}; {who} needs {first.required}")
     if _is_set(env, "STREAMS_SSL_KEYFILE") and not _is_set(env, "STREAMS_SSL_CERTFILE"):
         problems.append("STREAMS_SSL_KEYFILE is set without STREAMS_SSL_CERTFILE; a client key needs its certificate")
+    host = values["STREAMS_WEB_HOST"]
+    if values["STREAMS_WEB_AUTH"] == "OFF" and isinstance(host, str) and not is_loopback_host(host):
+        problems.append(
+            f"STREAMS_WEB_AUTH=off with STREAMS_WEB_HOST={host!r} would let anyone who reaches the web port read "
+            "every review text and answer review items; for local development set STREAMS_WEB_HOST=127.0.0.1, "
+            "else unset STREAMS_WEB_AUTH and set STREAMS_REVIEWERS_FILE (reviewer tokens) and/or "
+            "STREAMS_TRUSTED_PROXIES (an authenticating proxy)")
     return fields, problems
 
 

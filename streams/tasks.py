@@ -86,7 +86,8 @@ class ModelEndpoint:
     temperature: float = 0.0
 
     def api_key(self, env: Mapping[str, str] | None = None) -> str:
-        """The key, read from the environment at call time; never stored in config objects or logs."""
+        """The key, read from the environment when the endpoint's client is created (its first call), so a rotated
+        key takes a restart; never stored in config objects or logs."""
         env = os.environ if env is None else env
         if self.api_key_env is None:
             return "not-needed"  # local servers ignore it, but the openai client insists on one

@@ -5,6 +5,9 @@ snippets with `python -m streams calibrate` (disjoint from the traffic), starts 
 (`python -m streams worker`), publishes Rotten Tomatoes snippets (true label in `metadata`) plus a
 few malformed requests, prints every output as it arrives, and ends with a summary: throughput,
 accuracy against the known labels, review rate, dead letters.
+
+The worker's web pages need a login, as in production: the demo writes a reviewers file in its temp
+directory with one reviewer, `demo`, and prints that reviewer's token and how to use it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from streams.localdev.broker import EmbeddedBroker
 from streams.localdev.model_server import LocalModelServer
 from streams.localdev.processes import ChildProcess, free_port
 from streams.localdev.sample_data import load_reviews
+from streams.ops.auth import add_reviewer
 from streams.settings import Settings
 from streams.tasks import load_tasks
 from streams.topics import ensure_topics
@@ -221,6 +225,29 @@ async def answer_reviews(settings: Settings, limit: int) -> int:
     return n
 
 
+def dashboard_screenshot(url: str, out: Path, token: str) -> Path:
+    """A PNG of a worker page, logged in with a bearer token (streams.ops.screenshot drives the browser)."""
+    from streams.ops.screenshot import browser
+
+    with browser() as b:
+        page = b.new_page(viewport={"width": 1400, "height": 900},
+                          extra_http_headers={"Authorization": f"Bearer {token}"})
+        page.goto(url, wait_until="load", timeout=30_000)
+        page.wait_for_selector("svg.plot, .item, body", timeout=15_000)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
+    return out
+
+
+def how_to_log_in(port: str, token: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return (f"\nthe worker's pages need a login; reviewer `demo`'s token (shown once, only its hash is kept):\n"
+            f"  {token}\n"
+            f"  scripts: curl -H \"Authorization: Bearer {token}\" {base}/review/items.json\n"
+            f"  browser: {base}/login (paste the token), then {base}/review/ and {base}/dashboard/\n"
+            f"  (open while the demo runs; /metrics, /healthz and /readyz need no login)\n")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams demo", description=__doc__)
     parser.add_argument("--count", type=int, default=150, help="sample reviews to classify")
@@ -245,6 +272,8 @@ def main(argv: list[str]) -> int:
         print("starting the local model server (llama.cpp, Gemma 3 270M) ...", flush=True)
         with LocalModelServer(log_path=workdir / "model.log") as model:
             print(f"  model at {model.base_url}", flush=True)
+            reviewers = workdir / "reviewers"
+            token = add_reviewer(reviewers, "demo")
             env = os.environ | {
                 "STREAMS_BROKER": broker.url,
                 "STREAMS_TASKS_FILE": str(Path(args.tasks).resolve()),
@@ -254,6 +283,8 @@ def main(argv: list[str]) -> int:
                 "STREAMS_DATA_DIR": str(workdir / "worker-data"),
                 "STREAMS_WEB_HOST": "127.0.0.1",
                 "STREAMS_WEB_PORT": str(free_port()),
+                "STREAMS_WEB_AUTH": "on",
+                "STREAMS_REVIEWERS_FILE": str(reviewers),
                 "MODEL_BASE_URL": model.base_url,
             }
             settings = Settings.from_env(env)
@@ -268,6 +299,7 @@ def main(argv: list[str]) -> int:
             worker = ChildProcess("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"],
                                   workdir / "worker.log", env)
             with worker:
+                print(how_to_log_in(env["STREAMS_WEB_PORT"], token), flush=True)
                 timeout = args.timeout or 60 + 3.0 * args.count
                 ok = asyncio.run(traffic(settings, args.count, timeout))
                 if not worker.alive():
@@ -279,9 +311,7 @@ def main(argv: list[str]) -> int:
                     print(f"\nanswered {answered} review items with their known labels (as reviewers would)")
                 if args.screenshot:
                     time.sleep(12)  # the dashboard samples every 5 s; let the answers reach it
-                    from streams.ops.screenshot import screenshot
-
                     url = f"http://127.0.0.1:{env['STREAMS_WEB_PORT']}/dashboard/"
-                    print(f"dashboard screenshot: {screenshot(url, Path(args.screenshot))}")
+                    print(f"dashboard screenshot: {dashboard_screenshot(url, Path(args.screenshot), token)}")
     print(f"\nall outputs accounted for: {'yes' if ok else 'NO'}; logs in {workdir}")
     return 0 if ok else 1

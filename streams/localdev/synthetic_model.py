@@ -7,12 +7,16 @@ user message). The demo uses the real local model (`serve-model`), never this.
 
 Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`; latency is fixed plus
 uniform jitter by default, or `--latency-dist lognormal|exponential` (mean `--latency-ms`).
+
+`GET /stats` also counts the bearer tokens the completions calls carried, by SHA-256 only (`bearer_sha256`;
+"none" for a call without one), so a test can prove a key reached the endpoint without the key being stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import math
 import random
 import re
@@ -20,6 +24,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -109,6 +114,14 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
+def bearer_sha256(authorization: str | None) -> str:
+    """SHA-256 (hex) of the token in an `Authorization: Bearer TOKEN` header; "none" when there is no header."""
+    if authorization is None:
+        return "none"
+    scheme, _, token = authorization.partition(" ")
+    return hashlib.sha256((token if scheme.lower() == "bearer" else authorization).encode()).hexdigest()
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, headers=headers, content_type="application/json")
 
@@ -132,18 +145,21 @@ class SyntheticModelServer:
         self._rng = random.Random(self.config.seed)
         self._runner: web.AppRunner | None = None
         self._requests = self._rejected = self._in_flight = self._max_in_flight = 0
+        self._bearers: Counter[str] = Counter()  # SHA-256 of each bearer token seen -> calls; never the token
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def stats(self) -> dict[str, int]:
-        """Counters that let a test prove calls overlapped (`max_in_flight_seen`) rather than trust timings."""
+    def stats(self) -> dict[str, Any]:
+        """Counters that let a test prove calls overlapped (`max_in_flight_seen`) rather than trust timings, and
+        which keys reached the endpoint (`bearer_sha256`: hash of each bearer token -> completions calls)."""
         return {
             "requests": self._requests,
             "rejected": self._rejected,
             "in_flight": self._in_flight,
             "max_in_flight_seen": self._max_in_flight,
+            "bearer_sha256": dict(self._bearers),
         }
 
     async def start(self) -> None:
@@ -183,6 +199,7 @@ class SyntheticModelServer:
 
     async def _completions(self, request: web.Request) -> web.Response:
         cfg = self.config
+        self._bearers[bearer_sha256(request.headers.get("Authorization"))] += 1
         if cfg.max_concurrency and self._in_flight >= cfg.max_concurrency:
             self._rejected += 1
             return _error(429, "rate_limit_exceeded", "too many concurrent requests", {"Retry-After": "1"})

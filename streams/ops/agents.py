@@ -8,21 +8,30 @@ behind them, and alert forwarding. Thin: the logic is in the pure modules of thi
 - Drift: every worker follows `drift.status` for the dashboard's drift plots and the drift gauges.
 - Alerts: the leader checks review-queue limits every few seconds and posts an alert per episode to
   STREAMS_ALERT_WEBHOOK_URL; the `forward-alerts` agent posts every drift alert there too.
+- Web authentication: a middleware on the web server lets `/healthz`, `/readyz`, `/metrics` and the
+  login pages through and asks every other path (ours and Faust's own, such as `/table/`) who is asking
+  (streams/ops/auth.py: proxy header, token or session cookie); 401 without an answer. The answer view
+  checks size, CSRF token, rate and task permission before it publishes, and records the identity as
+  the reviewer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs, urlencode
 
 import faust
 import orjson
+from aiohttp import web as aioweb
 from aiokafka.errors import ConsumerStoppedError
 from faust.types import StreamT
 from faust.web import Request, Response, View
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.alerting import QueueAlarm, WebhookForwarder
@@ -30,6 +39,22 @@ from streams.classify.stall import StallWatch
 from streams.kafka_io import TopicFeed
 from streams.kafka_security import kafka_client_options
 from streams.ops import pages
+from streams.ops.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    Authenticator,
+    Identity,
+    RateLimiter,
+    Refusal,
+    RequestFacts,
+    ReviewersFile,
+    Signer,
+    is_trusted,
+    login_csrf,
+    login_nonce,
+    safe_next,
+)
 from streams.ops.review_queue import answer_record
 from streams.ops.stats import DriftHistory, History
 from streams.publishing import Output
@@ -37,10 +62,26 @@ from streams.stamps import now_iso
 
 if TYPE_CHECKING:
     from streams.app import ClassifyApp
+    from streams.settings import Settings
     from streams.worker import Services
 
 log = logging.getLogger(__name__)
 SAMPLE_S = 5.0
+#: Paths anyone may ask for: probes, Prometheus, and the way to log in. Everything else needs an identity.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/login", "/logout"})
+ANSWER_MAX_BYTES = 8 * 1024  # id, label, a note of up to 2000 characters (percent-encoded), the CSRF token
+LOGIN_MAX_BYTES = 2 * 1024
+IDENTITY = "llm_classify.identity"  # where the middleware leaves the Identity on the aiohttp request
+#: On every page behind authentication and the login page: no caching of texts, no framing (a framed
+#: review page could be clicked on by another site), nothing loaded from elsewhere.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
 
 
 def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
@@ -180,6 +221,10 @@ def register(s: Services) -> None:
             except orjson.JSONDecodeError:
                 log.warning("forward-alerts: skipping an unreadable drift alert")
 
+    auth = build_authenticator(settings)
+    answer_limits = RateLimiter(settings.review_answer_rate / 60.0, settings.review_answer_burst)
+    cast(AiohttpWeb, app.web).web_app.middlewares.append(web_guard(auth))
+
     @app.page("/healthz")
     class LiveView(View):
         """Liveness: the event loop answers (a wedged worker stops answering and is restarted)."""
@@ -201,32 +246,49 @@ def register(s: Services) -> None:
             # aiohttp refuses a content_type with parameters; the header carries Prometheus' version and charset.
             return self.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def viewer(request: Request) -> pages.Viewer:
+        who = identity(request)
+        return pages.Viewer(who.name, auth.csrf_for(who, time.time()), who.session)
+
     @app.page("/dashboard/")
     class DashboardView(View):
         async def get(self, request: Request) -> Response:
-            return self.html(pages.dashboard(tasks, metrics.traffic, history, drift_history, queue, loaded.is_set()))
+            return self.html(pages.dashboard(tasks, metrics.traffic, history, drift_history, queue, loaded.is_set(),
+                                             viewer=viewer(request)))
+
+    def forbidden_task(who: Identity, task: str | None) -> str | None:
+        if task and task in tasks and not who.may_answer(task):
+            return f"{who.name} may not review {task} items"
+        return None
 
     @app.page("/review/")
     class ReviewView(View):
         async def get(self, request: Request) -> Response:
-            q = request.query
+            q, who = request.query, identity(request)
             task = q.get("task") or None
+            if (refused := forbidden_task(who, task)) is not None:
+                return self.html(pages.message_page("Forbidden", refused), status=403)
             return self.html(pages.review_page(tasks, queue, _order(q.get("order")),
                                                task if task in tasks else None, answered=q.get("answered"),
-                                               error=q.get("error"), loaded=loaded.is_set()))
+                                               error=q.get("error"), loaded=loaded.is_set(), viewer=viewer(request),
+                                               allowed=who.tasks))
 
     @app.page("/review/items.json")
     class ReviewItemsView(View):
         async def get(self, request: Request) -> Response:
-            q = request.query
+            q, who = request.query, identity(request)
+            if (refused := forbidden_task(who, q.get("task") or None)) is not None:
+                return self.json({"ok": False, "message": refused}, status=403)
             try:
                 limit = min(max(int(q.get("limit", "50")), 0), 1000)
             except ValueError:
                 limit = 50
-            items = queue.items(q.get("task") or None, _order(q.get("order")), limit)
-            return self.json(pages.item_json(items, queue.stats(time.time())) | {"loaded": loaded.is_set()})
+            items = pages.visible_items(queue, q.get("task") or None, _order(q.get("order")), limit, who.tasks)
+            depth = {k: v for k, v in queue.stats(time.time()).items() if who.may_answer(k)}
+            return self.json(pages.item_json(items, depth) | {"loaded": loaded.is_set(), "reviewer": who.name,
+                                                             "csrf": auth.csrf_for(who, time.time())})
 
-    async def answer(rid: str, label: str, reviewer: str | None, note: str | None = None) -> tuple[int, str]:
+    async def answer(rid: str, label: str, reviewer: str, note: str | None = None) -> tuple[int, str]:
         """Publish a reviewer's answer; (HTTP status, message). The item leaves this worker's queue at once."""
         item = queue.pending.get(rid)
         if item is None:
@@ -236,23 +298,217 @@ def register(s: Services) -> None:
         record = answer_record(item, label, reviewer, note)
         await s.publish(Output("feedback", rid.encode(), orjson.dumps(record)))
         queue.add_answer(record, time.time())
+        log.info("review item %s (%s) answered %r by %s", rid, item.task, label, reviewer)
         return 200, "answered"
 
     @app.page("/review/answer")
     class AnswerView(View):
         async def post(self, request: Request) -> Response:
-            as_json = request.content_type == "application/json"  # type: ignore[attr-defined]  # aiohttp's
-            try:
-                form: Any = await request.json() if as_json else await request.post()
-                rid, label = str(form.get("id") or ""), str(form.get("label") or "")
-                reviewer = str(form.get("reviewer") or "").strip() or ("web" if not as_json else None)
-                status, message = await answer(rid, label, reviewer, form.get("note") or None)
-            except (ValueError, TypeError, AttributeError):
-                status, message, rid, form = 400, "send a form or JSON object with id and label", "", {}
+            req, who, now = _aio(request), identity(request), time.time()
+            as_json = req.content_type == "application/json"
+
+            def refuse(status: int, message: str, **headers: str) -> Response:
+                if as_json:
+                    return self.json({"ok": False, "message": message}, status=status, headers=headers)
+                return self.html(pages.message_page(f"Refused ({status})", message), status=status,
+                                 headers=headers)
+
+            body = await read_body(req, ANSWER_MAX_BYTES)
+            if body is None:
+                return refuse(413, f"an answer is at most {ANSWER_MAX_BYTES} bytes")
+            form = parse_body(body, as_json)
+            token = form.get("csrf") or req.headers.get("X-CSRF-Token")
+            if who.needs_csrf and (req.headers.get("Sec-Fetch-Site") == "cross-site"
+                                   or not auth.csrf_ok(who, str(token or ""), now)):
+                log.warning("refused an answer by %s from %s: no valid CSRF token (a stale form, or a forged "
+                            "cross-site post)", who.name, req.remote)
+                return refuse(403, "this form is stale or was not sent from the review page: reload /review/ "
+                                   "and answer again")
+            wait = answer_limits.take(who.name, now)
+            if wait > 0:
+                return refuse(429, f"too many answers from {who.name}: wait {wait:.0f} s "
+                                   f"(STREAMS_REVIEW_ANSWER_RATE per minute)", **{"Retry-After": f"{wait:.0f}"})
+            rid, label = str(form.get("id") or ""), str(form.get("label") or "")
+            item = queue.pending.get(rid)
+            if not rid or not label:
+                status, message = 400, "send a form or JSON object with id and label"
+            elif item is not None and not who.may_answer(item.task):
+                return refuse(403, f"{who.name} may not answer {item.task} items")
+            else:  # the reviewer is who authenticated; a `reviewer` in the body is ignored
+                note = form.get("note")
+                status, message = await answer(rid, label, who.name, str(note) if note else None)
             if as_json:
-                return self.json({"ok": status == 200, "message": message}, status=status)
+                return self.json({"ok": status == 200, "message": message, "reviewer": who.name}, status=status)
             params = {"order": _order(form.get("order"))}
             if form.get("filter"):
                 params["task"] = str(form["filter"])
             params["answered" if status == 200 else "error"] = rid if status == 200 else message
             return self.text("", status=303, headers={"Location": f"/review/?{urlencode(params)}"})
+
+    @app.page("/login")
+    class LoginView(View):
+        """A reviewer token once, for a session cookie (HttpOnly, SameSite=Strict, 12 h)."""
+
+        async def get(self, request: Request) -> Response:
+            if not auth.enabled:
+                return self.text("", status=303, headers={"Location": "/review/"})
+            return login_response(auth, 200, safe_next(request.query.get("next")))
+
+        async def post(self, request: Request) -> Response:
+            req, now = _aio(request), time.time()
+            if not auth.enabled:
+                return self.text("", status=303, headers={"Location": "/review/"})
+            body = await read_body(req, LOGIN_MAX_BYTES)
+            form = parse_body(body or b"", False)
+            where = safe_next(str(form.get("next") or ""))
+            nonce = req.cookies.get(LOGIN_COOKIE)
+            if body is None:
+                return login_response(auth, 413, where, f"a login is at most {LOGIN_MAX_BYTES} bytes")
+            if (req.headers.get("Sec-Fetch-Site") == "cross-site" or not nonce
+                    or not auth.signer.check(str(form.get("csrf") or ""), "login", nonce)):
+                return login_response(auth, 403, where, "this login form is stale or came from another site; "
+                                                        "log in again here")
+            result = await asyncio.to_thread(auth.login, str(form.get("token") or ""), req.remote, now)
+            if isinstance(result, Refusal):
+                return login_response(auth, result.status, where, result.message)
+            who, cookie = result
+            log.info("%s logged in from %s", who.name, req.remote)
+            response = aioweb.Response(status=303, headers={"Location": where, **PAGE_HEADERS})
+            response.set_cookie(SESSION_COOKIE, cookie, max_age=int(SESSION_TTL_S), path="/", httponly=True,
+                                samesite="Strict", secure=_secure(req, auth))
+            response.del_cookie(LOGIN_COOKIE, path="/login")
+            return _resp(response)
+
+    @app.page("/logout")
+    class LogoutView(View):
+        async def post(self, request: Request) -> Response:
+            response = aioweb.Response(status=303, headers={"Location": "/login", **PAGE_HEADERS})
+            response.del_cookie(SESSION_COOKIE, path="/")
+            return _resp(response)
+
+
+# --------------------------------------------------------------------------- web authentication
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """The worker's Authenticator from its settings; logs what it will accept."""
+    if settings.web_secret:
+        key = settings.web_secret.encode()
+    else:
+        key = secrets.token_bytes(32)
+        if settings.web_auth_enabled:
+            log.info("STREAMS_WEB_SECRET_FILE is not set: browser sessions are signed with a key of this worker "
+                     "process; they end when it restarts and do not carry to other workers")
+    auth = Authenticator(enabled=settings.web_auth_enabled, signer=Signer(key),
+                         reviewers=ReviewersFile(settings.reviewers_file) if settings.reviewers_file else None,
+                         proxies=tuple(settings.trusted_proxies or ()),
+                         proxy_header=settings.proxy_user_header or "X-Forwarded-User")
+    if not auth.enabled:
+        log.warning("STREAMS_WEB_AUTH=off: /review/, /dashboard/ and the answer API are open to anyone who reaches "
+                    "%s:%d (local development only)", settings.web_host, settings.web_port)
+    elif not auth.configured:
+        log.warning("web authentication is on but %s; /review/ and /dashboard/ answer 401", auth.why_not_configured())
+    return auth
+
+
+def _aio(request: Request) -> aioweb.Request:
+    return cast(aioweb.Request, request)
+
+
+def _resp(response: aioweb.StreamResponse) -> Response:
+    return cast(Response, response)
+
+
+def identity(request: Request) -> Identity:
+    """The identity the middleware found (it lets no request without one reach a protected view)."""
+    return cast(Identity, _aio(request)[IDENTITY])
+
+
+def _secure(req: aioweb.Request, auth: Authenticator) -> bool:
+    """Whether the browser reached us over HTTPS (directly, or through a trusted proxy that says so)."""
+    return req.secure or (is_trusted(req.remote, auth.proxies) and req.headers.get("X-Forwarded-Proto") == "https")
+
+
+async def read_body(req: aioweb.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than `limit` bytes (read no further than that)."""
+    if req.content_length is not None and req.content_length > limit:
+        return None
+    body = b""
+    while len(body) <= limit:
+        chunk = await req.content.read(limit + 1 - len(body))
+        if not chunk:
+            return body
+        body += chunk
+    return None
+
+
+def parse_body(body: bytes, as_json: bool) -> Mapping[str, Any]:
+    """A JSON object or a urlencoded form (first value of each field); {} when it is neither."""
+    try:
+        if as_json:
+            data = orjson.loads(body)
+            return data if isinstance(data, dict) else {}
+        return {k: v[0] for k, v in parse_qs(body.decode("utf-8"), max_num_fields=20).items()}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def login_response(auth: Authenticator, status: int, next_path: str, message: str | None = None) -> Response:
+    """The login page, with a fresh nonce in a cookie only /login sees; its MAC is the form's CSRF field."""
+    nonce = login_nonce()
+    if not auth.configured:
+        message, can_log_in = auth.why_not_configured(), False
+    else:
+        can_log_in = True
+    page = pages.login_page(login_csrf(auth.signer, nonce), next_path, message, can_log_in)
+    response = aioweb.Response(text=page, content_type="text/html", status=status, headers=PAGE_HEADERS)
+    response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path="/login", httponly=True, samesite="Strict")
+    return _resp(response)
+
+
+Handler = Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
+
+
+def web_guard(auth: Authenticator) -> Any:
+    """aiohttp middleware: every path but OPEN_PATHS needs an identity; 401 (or 429) without one."""
+
+    @aioweb.middleware
+    async def guard(request: aioweb.Request, handler: Handler) -> aioweb.StreamResponse:
+        if request.path in OPEN_PATHS:
+            response = await handler(request)
+            if request.path in ("/login", "/logout"):
+                response.headers.update({k: v for k, v in PAGE_HEADERS.items() if k not in response.headers})
+            return response
+        facts = RequestFacts.of(request.headers, request.cookies, request.remote)
+        if "authorization" in facts.headers:  # a token not seen lately costs an scrypt: off the event loop
+            outcome = await asyncio.to_thread(auth.identify, facts, time.time())
+        else:
+            outcome = auth.identify(facts, time.time())
+        if isinstance(outcome, Identity):
+            request[IDENTITY] = outcome
+            response = await handler(request)
+            response.headers.update({k: v for k, v in PAGE_HEADERS.items() if k not in response.headers})
+            return response
+        return refusal(request, auth, outcome)
+
+    return guard
+
+
+def refusal(request: aioweb.Request, auth: Authenticator, outcome: Refusal | None) -> aioweb.StreamResponse:
+    """401 (no or wrong credentials) or 429 (too many failures): the login page for a browser, else JSON."""
+    if outcome is None:
+        outcome = Refusal(401, "log in first: a reviewer token as `Authorization: Bearer TOKEN`, or the form at /login"
+                          if auth.configured else auth.why_not_configured())
+    headers = dict(PAGE_HEADERS)
+    if outcome.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="llm-classify"'
+    if outcome.retry_after_s > 0:
+        headers["Retry-After"] = f"{max(outcome.retry_after_s, 1):.0f}"
+    if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+        response = cast(aioweb.StreamResponse, login_response(auth, outcome.status, safe_next(request.path_qs),
+                                                              outcome.message if outcome.status != 401
+                                                              or "authorization" in request.headers else None))
+    else:
+        response = aioweb.json_response({"ok": False, "message": outcome.message}, status=outcome.status)
+    response.headers.update(headers)
+    return response

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlencode
 
@@ -33,14 +34,57 @@ nav a{margin-right:14px} .muted{color:#666;font-size:12px}
 .probs span{display:inline-block;margin-right:12px;font-size:13px}
 .pbar{display:inline-block;height:8px;background:#1f77b4;vertical-align:middle;margin-left:4px}
 button{margin-right:6px;padding:4px 12px;font-size:14px;cursor:pointer}
+nav form{display:inline;margin:0} nav .who{float:right} nav .who button{font-size:12px;padding:1px 8px}
+.login{background:#fff;border:1px solid #ddd;border-radius:6px;padding:14px 18px;max-width:560px}
+.login input[type=password]{width:100%;box-sizing:border-box;padding:6px;font-size:14px;margin:6px 0 10px}
 """
 
 
-def _page(title: str, body: str, refresh_s: int | None = None) -> str:
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at a page (authenticated by streams/ops/auth.py): shown in the navigation, and the
+    CSRF token the page's forms carry."""
+
+    name: str
+    csrf: str = ""
+    can_log_out: bool = False  # a browser session (cookie), which the logout button ends
+
+
+def _csrf_field(viewer: Viewer | None) -> str:
+    return f'<input type="hidden" name="csrf" value="{escape(viewer.csrf)}">' if viewer and viewer.csrf else ""
+
+
+def _page(title: str, body: str, refresh_s: int | None = None, viewer: Viewer | None = None) -> str:
     refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
+    who = ""
+    if viewer is not None:
+        logout = (f'<form method="post" action="/logout">{_csrf_field(viewer)}<button type="submit">log out</button>'
+                  f'</form>' if viewer.can_log_out else "")
+        who = f'<span class="who muted">signed in as <b class="viewer">{escape(viewer.name)}</b> {logout}</span>'
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}<title>{escape(title)}</title>'
             f'<style>{STYLE}</style></head><body><nav><a href="/dashboard/">dashboard</a>'
-            f'<a href="/review/">review queue</a><a href="/metrics">metrics</a></nav>{body}</body></html>')
+            f'<a href="/review/">review queue</a><a href="/metrics">metrics</a>{who}</nav>{body}</body></html>')
+
+
+def login_page(csrf: str, next_path: str = "/review/", message: str | None = None,
+               can_log_in: bool = True) -> str:
+    """The login form: a reviewer token (from `python -m streams review reviewers add NAME`) once, then a
+    session cookie. `csrf` is the MAC of the login cookie's nonce."""
+    note = f'<p class="alert">{escape(message)}</p>' if message else ""
+    form = (f'<form class="login" method="post" action="/login"><input type="hidden" name="csrf" '
+            f'value="{escape(csrf)}"><input type="hidden" name="next" value="{escape(next_path)}">'
+            f'<label for="token">reviewer token</label><input type="password" id="token" name="token" '
+            f'autocomplete="current-password" required><button type="submit">log in</button>'
+            f'<p class="muted">Scripts send the token as <code>Authorization: Bearer TOKEN</code> instead.</p>'
+            f'</form>') if can_log_in else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Log in</title>'
+            f'<style>{STYLE}</style></head><body><h1>llm-classify: log in</h1>{note}{form}</body></html>')
+
+
+def message_page(title: str, message: str, back: str = "/review/") -> str:
+    """A refusal or an error, with the way back."""
+    return _page(title, f'<h1>{escape(title)}</h1><p class="alert">{escape(message)}</p>'
+                        f'<p><a href="{escape(back)}">back</a></p>')
 
 
 def _age(seconds: float) -> str:
@@ -56,7 +100,8 @@ def _kpi(value: str, label: str, cls: str = "") -> str:
 
 
 def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drift: DriftHistory,
-              queue: ReviewQueue, loaded: bool, now: float | None = None, refresh_s: int = 10) -> str:
+              queue: ReviewQueue, loaded: bool, now: float | None = None, refresh_s: int = 10,
+              viewer: Viewer | None = None) -> str:
     """Per task: throughput, review rate, audited accuracy, plots, drift against thresholds, queue."""
     now = time.time() if now is None else now
     parts = [(f'<h1>llm-classify dashboard</h1><p class="muted">{time.strftime("%Y-%m-%d %H:%M:%S")} · '
@@ -106,7 +151,7 @@ def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drif
                      f'<span class="muted">{escape(task.model.name)} · labels {", ".join(map(escape, task.labels))}'
                      f'</span></h2><div class="kpis">{"".join(kpis)}</div>'
                      f'<div class="plots">{"".join(charts)}</div></section>')
-    return _page("llm-classify dashboard", "".join(parts), refresh_s)
+    return _page("llm-classify dashboard", "".join(parts), refresh_s, viewer)
 
 
 def _probabilities(item: PendingItem) -> str:
@@ -116,19 +161,31 @@ def _probabilities(item: PendingItem) -> str:
                    for k, v in sorted(item.probabilities.items(), key=lambda kv: -kv[1]))
 
 
+def visible_items(queue: ReviewQueue, task: str | None, order: Order, limit: int,
+                  allowed: frozenset[str] | None = None) -> list[PendingItem]:
+    """Pending items of `task` (None: every task), only of the `allowed` tasks when that is not None."""
+    if allowed is None:
+        return queue.items(task, order, limit)
+    return [i for i in queue.items(task, order, len(queue.pending)) if i.task in allowed][:max(limit, 0)]
+
+
 def review_page(tasks: TaskRegistry, queue: ReviewQueue, order: Order = "oldest", task: str | None = None,
                 limit: int = 20, answered: str | None = None, error: str | None = None, loaded: bool = True,
-                now: float | None = None) -> str:
-    """Pending items with the model's view and why they are here; one button per label answers."""
+                now: float | None = None, viewer: Viewer | None = None,
+                allowed: frozenset[str] | None = None) -> str:
+    """Pending items with the model's view and why they are here; one button per label answers. Only items
+    of the `allowed` tasks (None: all); the answer is recorded as the viewer's, who is never asked a name."""
     now = time.time() if now is None else now
-    items = queue.items(task, order, limit)
-    total = sum(int(s["depth"]) for n, s in queue.stats(now).items() if task is None or n == task)
+    items = visible_items(queue, task, order, limit, allowed)
+    total = sum(int(s["depth"]) for n, s in queue.stats(now).items()
+                if (task is None or n == task) and (allowed is None or n in allowed))
     sort = " · ".join(
         f'<a href="/review/?{urlencode({"order": o, **({"task": task} if task else {})})}">'
         f'{"<b>" + label + "</b>" if o == order else label}</a>'
         for o, label in (("oldest", "oldest first"), ("confidence", "lowest confidence first")))
     filters = " · ".join([f'<a href="/review/?{urlencode({"order": order})}">all tasks</a>'] + [
-        f'<a href="/review/?{urlencode({"order": order, "task": n})}">{escape(n)}</a>' for n in tasks.tasks])
+        f'<a href="/review/?{urlencode({"order": order, "task": n})}">{escape(n)}</a>' for n in tasks.tasks
+        if allowed is None or n in allowed])
     head = [(f'<h1>Review queue</h1><p class="muted">{total} pending{"" if loaded else " (loading…)"} · '
              f'sort: {sort} · {filters}</p>')]
     if answered:
@@ -155,10 +212,10 @@ def review_page(tasks: TaskRegistry, queue: ReviewQueue, order: Order = "oldest"
             f'<input type="hidden" name="task" value="{escape(item.task)}">'
             f'<input type="hidden" name="order" value="{escape(order)}">'
             f'{f"""<input type="hidden" name="filter" value="{escape(task)}">""" if task else ""}'
-            f'<p>{buttons} <input name="reviewer" placeholder="your name" size="14"></p></form></div>')
+            f'{_csrf_field(viewer)}<p>{buttons}</p></form></div>')
     if not rows:
         rows.append('<p class="empty">nothing waits for review</p>')
-    return _page("Review queue", "".join(head + rows))
+    return _page("Review queue", "".join(head + rows), viewer=viewer)
 
 
 def item_json(items: Sequence[PendingItem], depth: Mapping[str, Mapping[str, float]]) -> dict[str, object]:

@@ -4,14 +4,21 @@ Reads the review and feedback topics to their exact high watermark (the same der
 worker's review page, so it needs no running worker), shows pending items oldest first or lowest
 confidence first, and publishes each answer to the feedback topic keyed by id; the feedback agent
 turns it into the final `human` result. Type a label's number or name, `s` to skip, `q` to quit.
+This writes to Kafka directly, not over HTTP: whoever may write the feedback topic may answer, under
+the name given with --reviewer (Kafka's ACLs are the boundary here, not the web pages' logins).
+
+`python -m streams review reviewers add NAME` manages who may log in to the web pages: it prints a
+new token once and keeps only its salted scrypt hash in STREAMS_REVIEWERS_FILE (streams/ops/auth.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 import orjson
@@ -20,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from streams.errors import ConfigError
 from streams.kafka_io import read_topic
 from streams.kafka_security import kafka_client_options
+from streams.ops.auth import Reviewer, add_reviewer, read_reviewers, write_reviewers
 from streams.ops.review_queue import PendingItem, ReviewQueue, answer_record
 from streams.settings import Settings
 from streams.tasks import TaskRegistry, load_tasks
@@ -90,7 +98,67 @@ async def session(settings: Settings, tasks: TaskRegistry, items: list[PendingIt
         await producer.stop()
 
 
+def reviewers_main(argv: list[str]) -> int:
+    """`python -m streams review reviewers add|remove|list`: the web pages' reviewers file."""
+    parser = argparse.ArgumentParser(prog="python -m streams review reviewers",
+                                     description="Manage the reviewers file (STREAMS_REVIEWERS_FILE) of the web pages.")
+    parser.add_argument("--file", default=os.environ.get("STREAMS_REVIEWERS_FILE") or None,
+                        help="the reviewers file (default: $STREAMS_REVIEWERS_FILE)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="a reviewer with a new token, printed once (only its hash is kept)")
+    add.add_argument("name")
+    add.add_argument("--tasks", help="comma-separated tasks this reviewer may review (default: every task)")
+    add.add_argument("--rotate", action="store_true", help="a new token for a reviewer already in the file "
+                                                           "(the old token and its sessions stop working)")
+    add.add_argument("--proxy-only", action="store_true",
+                     help="no token: only task permissions for a user a trusted proxy names")
+    remove = sub.add_parser("remove", help="a reviewer (their token and sessions stop working)")
+    remove.add_argument("name")
+    sub.add_parser("list", help="names and tasks (never the hashes)")
+    args = parser.parse_args(argv)
+    if not args.file:
+        print("error: give --file or set STREAMS_REVIEWERS_FILE", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+    try:
+        reviewers = read_reviewers(path) if path.exists() else {}
+        if args.command == "list":
+            for r in reviewers.values():
+                print(f"{r.name:<24} {'proxy only' if r.hash is None else 'token':<10} "
+                      f"{', '.join(sorted(r.tasks)) if r.tasks is not None else 'every task'}")
+            return 0
+        if args.command == "remove":
+            if reviewers.pop(args.name, None) is None:
+                print(f"error: {args.name} is not in {path}", file=sys.stderr)
+                return 1
+            write_reviewers(path, reviewers)
+            print(f"removed {args.name} from {path}", file=sys.stderr)
+            return 0
+        tasks = frozenset(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+        if args.proxy_only:
+            if args.name in reviewers and not args.rotate:
+                print(f"error: {args.name} is already in {path}", file=sys.stderr)
+                return 1
+            reviewers[args.name] = Reviewer(args.name, None, tasks)
+            write_reviewers(path, reviewers)
+            read_reviewers(path)  # what the worker will read: a bad name or task fails here, not there
+            print(f"{args.name} may review {args.tasks or 'every task'} when a trusted proxy names them",
+                  file=sys.stderr)
+            return 0
+        token = add_reviewer(path, args.name, tasks, replace=args.rotate)
+        read_reviewers(path)
+    except (OSError, ValueError) as exc:  # ReviewersError is a ValueError; it names lines, never hashes
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"token for {args.name} (shown once; {path} keeps only its hash). Scripts send it as "
+          f"`Authorization: Bearer TOKEN`; in a browser, paste it into /login:", file=sys.stderr)
+    print(token)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["reviewers"]:
+        return reviewers_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m streams review", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", help="only this task's items")

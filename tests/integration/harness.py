@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.localdev.processes import ChildProcess, free_port, port_open
+from streams.ops.auth import add_reviewer
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,12 @@ def write_tasks(path: Path, base_url: str, name: str = "sentiment", labels: tupl
 
 @dataclass
 class Worker:
-    """A `python -m streams worker` process with its own app id and topic prefix."""
+    """A `python -m streams worker` process with its own app id and topic prefix.
+
+    Its web pages need authentication, as in production: the worker gets a reviewers file of its own with
+    one reviewer (`reviewer`), whose token is `token`; `auth_headers` carries it. `web_auth=False` sets
+    STREAMS_WEB_AUTH=off instead: only for a test that is about something else and says so.
+    """
 
     bootstrap: str
     tasks_file: Path
@@ -53,10 +59,31 @@ class Worker:
     app_id: str = field(default_factory=lambda: f"app-{uuid.uuid4().hex[:8]}")
     web_port: int = field(default_factory=free_port)
     runs: int = 0
+    reviewer: str = "tester"
+    web_auth: bool = True
+    reviewers_file: Path = field(init=False)
+    token: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reviewers_file = self.workdir / f"reviewers-{uuid.uuid4().hex[:8]}"
+        self.token = add_reviewer(self.reviewers_file, self.reviewer) if self.web_auth else ""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a script sends to the protected pages: the reviewer's token as a bearer token."""
+        return {"Authorization": f"Bearer {self.token}"} if self.web_auth else {}
+
+    def get_json(self, path: str) -> Any:
+        """GET a page of this worker as its reviewer, parsed as JSON."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", headers=self.auth_headers)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return orjson.loads(resp.read())
 
     @property
     def env(self) -> dict[str, str]:
-        return os.environ | {
+        auth = ({"STREAMS_REVIEWERS_FILE": str(self.reviewers_file)} if self.web_auth
+                else {"STREAMS_WEB_AUTH": "off"})
+        return os.environ | auth | {
             "STREAMS_BROKER": f"kafka://{self.bootstrap}",
             "STREAMS_APP_ID": self.app_id,
             "STREAMS_TOPIC_PREFIX": self.prefix,

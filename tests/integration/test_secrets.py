@@ -3,12 +3,16 @@ echoed, and the web server listens on loopback unless told otherwise.
 
 A real worker runs with a model key in TEST_MODEL_KEY against the embedded broker and the synthetic
 model; it gets valid requests, malformed ones (dead letters) and, after the model is stopped, requests
-whose model calls fail. Then its log (stdout and stderr), its data directory and every record on the
-results, review and dead-letter topics are searched for the key.
+whose model calls fail. The synthetic model records a hash of each bearer token it received, so the test
+first proves the key was really sent (a positive control). Then its log (stdout and stderr), its data
+directory and every record on the results, review and dead-letter topics are searched for the key. Only the
+web-bind check needs the listening sockets listed; where they cannot be, that check alone is skipped, after
+every key check has run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -29,6 +33,8 @@ API_KEY = "sk-THIS-MUST-NOT-LEAK-123"
 KAFKA_PASSWORD = "pw-MUST-NOT-LEAK"
 # Distinctive cores too, so a truncated or partly masked echo is caught as well.
 NEEDLES = (API_KEY, "THIS-MUST-NOT-LEAK", KAFKA_PASSWORD)
+# What the synthetic model records for a bearer token (streams.localdev.synthetic_model.bearer_sha256).
+KEY_SHA256 = hashlib.sha256(API_KEY.encode()).hexdigest()
 
 
 def tasks_toml(path: Path, base_url: str, model_lines: str = 'api_key_env = "TEST_MODEL_KEY"') -> Path:
@@ -137,10 +143,12 @@ def test_api_key_never_reaches_logs_or_topics_and_web_binds_loopback(broker: Emb
             # Web server: loopback only by default.
             proc.wait_until(lambda: port_open("127.0.0.1", worker.web_port), timeout_s=30)
             where = listen_addresses(worker.web_port)
-            if where is None:
-                pytest.skip("cannot list listening sockets (no psutil, /proc/net/tcp or ss); web bind not checked")
-            method, hosts = where
-            assert hosts and set(hosts) == {"127.0.0.1"}, f"web port {worker.web_port} listens on {hosts} ({method})"
+            # Without a way to list sockets only this check is skipped, at the end, once the key checks ran.
+            bind_unchecked = where is None
+            if where is not None:
+                method, hosts = where
+                assert hosts and set(hosts) == {"127.0.0.1"}, (
+                    f"web port {worker.web_port} listens on {hosts} ({method})")
 
             # Phase 1: valid requests and malformed ones.
             valid = {f"ok-{i}": f"A fine film, number {i}." for i in range(12)}
@@ -158,6 +166,7 @@ def test_api_key_never_reaches_logs_or_topics_and_web_binds_loopback(broker: Emb
             got = run(collect(broker.bootstrap, list(topics), lambda g: len(g) >= len(valid) + len(malformed),
                               timeout_s=90, settle_s=1))
             assert len(got) >= len(valid) + len(malformed), f"only {len(got)} outputs in phase 1"
+            bearers = model.stats()["bearer_sha256"]  # before the model goes away in phase 2
 
             # Phase 2: the model endpoint goes away; calls fail and items go to review as model errors.
             model.stop()
@@ -174,6 +183,13 @@ def test_api_key_never_reaches_logs_or_topics_and_web_binds_loopback(broker: Emb
         # The worker has stopped (SIGTERM): its whole log is written.
     finally:
         model.stop()
+
+    # Positive control: the key was really used. Every completions call carried it as its bearer token, so a
+    # clean grep below means the key was handled and still not leaked, not that it was never there.
+    assert bearers.get(KEY_SHA256, 0) >= len(valid), (
+        f"the model did not receive the key from TEST_MODEL_KEY on each of the {len(valid)} calls: "
+        f"bearer hashes seen {bearers}")
+    assert set(bearers) == {KEY_SHA256}, f"a call without the key reached the model: {bearers}"
 
     by_topic: dict[str, list[dict]] = {"results": [], "review": [], "deadletter": []}
     for rec in got:
@@ -197,6 +213,9 @@ def test_api_key_never_reaches_logs_or_topics_and_web_binds_loopback(broker: Emb
     for path in (p for p in data_dir.rglob("*") if p.is_file()) if data_dir.exists() else ():
         assert not leaks(path.read_bytes()), f"key in the worker's data file {path}"
     assert not leaks(model.log_path.read_text(errors="replace")), "the synthetic model's own log"
+    if bind_unchecked:
+        pytest.skip("key checks passed; web bind NOT checked: cannot list listening sockets "
+                    "(no psutil, /proc/net/tcp or ss)")
 
 
 # --------------------------------------------------------------------------- configuration errors
