@@ -18,7 +18,6 @@ from streams.calibration.fitting import examples_to_arrays, fit_and_evaluate
 from streams.calibration.registry import CalibratorKey, CalibratorRegistry
 from streams.calibration.store import calibrator_record
 from streams.classify.records import Source, dead_letter_record
-from streams.confidence.names import FIRST_TOKEN
 from streams.errors import BadRequest
 from streams.ops.tracing import Headers, trace_headers
 from streams.publishing import Output, Publish
@@ -107,8 +106,7 @@ class Refitter:
 
     @staticmethod
     def key_of(example: dict[str, Any]) -> CalibratorKey:
-        return CalibratorKey(str(example.get("task", "")), str(example.get("method") or FIRST_TOKEN),
-                             str(example.get("model", "")))
+        return CalibratorKey.of_record(example, method_field="method")
 
     async def on_example(self, value: bytes | None) -> dict[str, Any] | None:
         """One record of the examples topic; the published calibrator record when it triggered a refit."""

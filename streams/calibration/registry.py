@@ -33,8 +33,9 @@ class CalibratorKey:
     model: str
 
     @classmethod
-    def of_record(cls, record: Mapping[str, Any]) -> CalibratorKey:
-        return cls(str(record.get("task", "")), str(record.get("confidence_method") or FIRST_TOKEN),
+    def of_record(cls, record: Mapping[str, Any], method_field: str = "confidence_method") -> CalibratorKey:
+        """The key of a calibrator record; of a labelled example with `method_field="method"`."""
+        return cls(str(record.get("task", "")), str(record.get(method_field) or FIRST_TOKEN),
                    str(record.get("model", "")))
 
     def topic_key(self) -> bytes:
