@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -32,6 +33,9 @@ class ClassifyApp(faust.App):
         self.preloaded = asyncio.Event()
         #: Flushed and stopped with the app (set by the composition root).
         self.tracing: Tracing | None = None
+        #: Awaited first when the worker stops (SIGTERM), while the consumer and producer still run, so
+        #: work in flight can finish and be acked before Faust commits and leaves the group.
+        self.stopping: list[Callable[[], Awaitable[None]]] = []
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -42,6 +46,11 @@ class ClassifyApp(faust.App):
         self.preloaded.set()
 
     async def on_stop(self) -> None:
+        for hook in self.stopping:
+            try:
+                await hook()
+            except Exception:  # the stop goes on: what was not acked is replayed by the next owner
+                self.log.exception("a stop hook failed")
         for _, feed in self.preload:
             await feed.stop()
         if self.tracing is not None:

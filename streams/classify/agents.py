@@ -6,6 +6,10 @@ committable, only after its output and the outputs of every earlier event on its
 acknowledged by the broker. A crash before that replays the message: at-least-once, idempotent by id.
 The worker loads every task's newest calibrators before it classifies (`ClassifyApp.preload`) and
 follows the calibrators topic, so new versions apply without restart.
+
+On SIGTERM (`ClassifyApp.stopping`) the agent starts no new call, finishes the calls in flight within
+STREAMS_STOP_GRACE_S and hands the rest back unacked; Faust then commits what was acked and leaves the
+group, so a rolling restart repeats no work that was finished.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +30,7 @@ from streams.calibration.store import calibrator_feed
 from streams.classify.inflight import InOrderRelease, Ticket
 from streams.classify.records import Source
 from streams.classify.service import Classifier
+from streams.faust_stop import forget_unacked, stop_fetching
 from streams.ops.metrics import ServiceMetrics
 from streams.publishing import Publish
 
@@ -44,9 +50,14 @@ class InFlight:
         self.running: set[asyncio.Task[None]] = set()
         self.classifier, self.publish, self.metrics = classifier, publish, metrics
         self.counts, self.delivered = counts, delivered
+        #: Set when the worker stops: no new call starts; an event not started stays unacked (replayed).
+        self.stopping = False
 
     async def submit(self, event: EventT) -> None:
         await self.slots.acquire()  # back-pressure: stop reading when the window is full
+        if self.stopping:
+            self.slots.release()
+            return
         tp = event.message.tp
         self.delivered[tp] += 1
         ticket = self.release.add(tp, event)
@@ -71,6 +82,26 @@ class InFlight:
         for done in self.release.done(ticket):
             done.ack()
 
+    async def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop starting calls; wait up to `grace_s` for those in flight; cancel the rest.
+
+        Returns (finished, handed back). What is cancelled, and every event waiting behind it for an
+        in-order ack, is never acked: its offset is not committed and the partition's next owner
+        replays it (at-least-once). The events are dropped here too, so Faust's wait for unacked
+        messages at stop (it holds them weakly) ends instead of waiting for them forever.
+        """
+        self.stopping = True
+        running = set(self.running)
+        if not running:
+            return 0, 0
+        done, late = await asyncio.wait(running, timeout=grace_s) if grace_s > 0 else (set(), running)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+            self.release.discard(self.release.partitions())
+        return len(done), len(late)
+
     def revoke(self, partitions: Iterable[TP]) -> None:
         """Partitions taken away: their pending events must never be acked by this worker now."""
         dropped = self.release.discard(set(partitions))
@@ -86,7 +117,23 @@ def register(s: Services) -> None:
     #: Live agent instances, so the rebalance handler reaches their release queues.
     instances: set[InFlight] = set()
     feed = calibrator_feed(settings, s.calibrators.apply)
+    requests_topic = settings.topic("requests")
     app.preload.append(("calibrator", feed))
+
+    async def drain() -> None:
+        """SIGTERM: finish (or hand back) the calls in flight before Faust commits and leaves the group."""
+        started = time.monotonic()
+        stop_fetching(app)
+        finished = handed_back = 0
+        for inflight in list(instances):
+            f, h = await inflight.drain(settings.stop_grace_s)
+            finished, handed_back = finished + f, handed_back + h
+        unacked = forget_unacked(app, requests_topic)
+        log.info("stopping: finished %d model call(s) in flight, handed back %d unfinished after %.1f s "
+                 "(STREAMS_STOP_GRACE_S=%g); %d request(s) left uncommitted for the partitions' next owner",
+                 finished, handed_back, time.monotonic() - started, settings.stop_grace_s, unacked)
+
+    app.stopping.append(drain)
 
     @app.on_partitions_revoked.connect
     async def on_partitions_revoked(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:

@@ -78,6 +78,10 @@ class InOrderRelease(Generic[T]):
                 dropped.extend(entry[0] for entry in queue.values())
         return dropped
 
+    def partitions(self) -> list[Hashable]:
+        """The partitions with pending items."""
+        return [p for p, queue in self._pending.items() if queue]
+
     def pending(self, partition: Hashable | None = None) -> int:
         if partition is not None:
             return len(self._pending.get(partition, ()))
