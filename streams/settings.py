@@ -371,6 +371,10 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_MODEL_MAX_RETRIES", "model_max_retries", "4", Integer(0, 20),
         "retries per model call; they back off exponentially and honour Retry-After"),
     Var("STREAMS_SESSION_TIMEOUT_S", "session_timeout_s", "30", Number(1, 600), "consumer session timeout (seconds)"),
+    Var("STREAMS_STOP_GRACE_S", "stop_grace_s", "25", Number(0, 3600),
+        "on SIGTERM, seconds to finish the model calls in flight; the rest are handed back (replayed by the "
+        "partition's next owner). Keep it under the orchestrator's kill deadline (Kubernetes "
+        "`terminationGracePeriodSeconds`)"),
     Var("STREAMS_WEB_HOST", "web_host", "127.0.0.1", Text(), "Faust web server address (loopback by default)"),
     Var("STREAMS_WEB_PORT", "web_port", "6066", Integer(0, 65535), "Faust web server port"),
     # Who may read review texts and answer them on the web pages (streams/ops/auth.py).
@@ -468,6 +472,7 @@ class Settings:
     model_timeout_s: float
     model_max_retries: int
     session_timeout_s: float
+    stop_grace_s: float
     web_host: str
     web_port: int
     web_auth: str | None  # "ON" or "OFF"
