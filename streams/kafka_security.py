@@ -16,7 +16,11 @@ from streams.settings import Settings
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """A client TLS context for SSL/SASL_SSL (system CAs unless STREAMS_SSL_CAFILE); None without TLS."""
+    """A client TLS context for SSL/SASL_SSL (system CAs unless STREAMS_SSL_CAFILE); None without TLS.
+
+    aiokafka's context always verifies the broker's certificate and its host name; there is deliberately no
+    setting to turn either off (tests/integration/test_tls.py checks both refusals).
+    """
     if settings.security_protocol not in ("SSL", "SASL_SSL"):
         return None
 

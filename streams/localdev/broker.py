@@ -24,14 +24,18 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker(ChildProcess):
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None,
+                 advertised_port: int | None = None) -> None:
+        """`advertised_port`: the port clients are told to reconnect to after metadata (default: `port`), such
+        as a TLS proxy's in front of this broker (streams/localdev/tls_proxy.py)."""
         self.host = "127.0.0.1"
         self.port = port or free_port()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{advertised_port or self.port}"
         log_path = log_path or Path(tempfile.mkdtemp(prefix="tansu-")) / "broker.log"
         super().__init__(
             "broker",
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             log_path,
         )
