@@ -109,10 +109,13 @@ class DriftPolicy:
     """Windows, tests and canaries for this task's drift alerts."""
 
     window_s: float = 300.0  # tumbling window length (the unit of verdicts)
-    alpha: float = 5e-4  # family-wise false-alarm level per window (G-tests, Holm over families)
+    alpha: float = 1e-4  # family-wise false-alarm level per window (G-tests, Holm over families)
     min_effect: float = 0.005  # smallest JS divergence (bits) worth an alert, whatever the p-value
     confirm_windows: int = 1  # consecutive drifted windows before an episode opens
     clear_windows: int = 3  # consecutive clean windows before it recovers
+    sequential_arl0: float = 1000.0  # windows between false alarms of the CUSUMs, all signals together (bound)
+    sequential_shift: float = 0.05  # CUSUM design shift, baseline standard deviations per message
+    sequential_margin: float = 1.0  # CUSUM reference moved by this many standard errors of the baseline mean
     canaries: tuple[str, ...] = ()  # fixed prompts re-run to tell model drift from data drift
     canary_repeats: int = 3
     canary_interval_s: float = 300.0
@@ -425,6 +428,9 @@ def _parse_drift(dr: _Reader) -> DriftPolicy:
         min_effect=dr.number("min_effect", d.min_effect, 0.0, 1.0),
         confirm_windows=dr.integer("confirm_windows", d.confirm_windows, 1, 1000),
         clear_windows=dr.integer("clear_windows", d.clear_windows, 1, 1000),
+        sequential_arl0=dr.number("sequential_arl0", d.sequential_arl0, 10.0, 1e9),
+        sequential_shift=dr.number("sequential_shift", d.sequential_shift, 1e-4, 10.0),
+        sequential_margin=dr.number("sequential_margin", d.sequential_margin, 0.0, 10.0),
         canaries=tuple(c for c in canaries if isinstance(c, str) and c.strip()),
         canary_repeats=dr.integer("canary_repeats", d.canary_repeats, 2, 100),
         canary_interval_s=dr.number("canary_interval_s", d.canary_interval_s, 0.5, week),

@@ -1,21 +1,27 @@
-"""`python -m streams drift baseline|status`: capture the baseline a task is compared with; show drift state.
+"""`python -m streams drift baseline|status|backtest`: capture a baseline; show drift state; replay results.
 
 `baseline` merges the task's traffic summaries from a declared period (read from `drift.summaries`
 to the exact high watermark) and, for tasks with canary prompts, runs each canary
 `drift.canary_repeats` times to record the model's own repeat-to-repeat spread. The record goes to
 the compacted `drift.baselines` topic; workers switch to it without restart. `status` prints the
 newest state of every task from `drift.status`: the last value of every statistic, open episodes,
-and the baseline in use.
+and the baseline in use. `backtest` replays classification results (a JSON-lines file of result records
+in time order, or the results and review topics) through the worker's own `TaskDrift` (window test,
+CUSUMs, one episode tracker, the task's drift settings) and prints one line per episode.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import secrets
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +32,7 @@ from streams.drift.canaries import canary_samples
 from streams.drift.canary_stats import canary_baseline
 from streams.drift.monitor import BINS, Baseline, iso
 from streams.drift.summary import WindowSummary
+from streams.drift.windows import TaskDrift
 from streams.errors import ConfigError
 from streams.kafka_io import read_topic
 from streams.kafka_security import kafka_client_options
@@ -99,6 +106,127 @@ def show_status(statuses: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) if lines else "no drift status yet (no window has closed against a baseline)"
 
 
+@dataclass
+class Episode:
+    """One drift episode found by `backtest`: window indices count from the input's first window."""
+
+    opened: int
+    opened_at: str
+    detector: str
+    signal: str
+    effect: float
+    change_point: str | None
+    recovered: int | None = None
+    recovered_at: str | None = None
+
+    def line(self, number: int) -> str:
+        end = (f"recovered window {self.recovered} ({self.recovered_at})" if self.recovered is not None
+               else "still open at the end")
+        return (f"episode {number}: opened window {self.opened} ({self.opened_at}), {self.detector} on "
+                f"{self.signal}, effect {self.effect:+.4g}, change point {self.change_point}; {end}")
+
+
+def result_messages(task: Task, records: Iterable[tuple[float, dict[str, Any]]]
+                    ) -> Iterable[tuple[float, int, float, float, float]]:
+    """(time s, label index, confidence, entropy, label mass) of each record the worker's accumulator adds:
+    this task's, with a label and an entropy, not an audit copy. Time: `processed_at`, else the given one."""
+    for ts, rec in records:
+        if rec.get("task") != task.name or rec.get("label") not in task.labels or rec.get("entropy") is None:
+            continue
+        if rec.get("audit") or rec.get("confidence") is None:
+            continue
+        at = _parse_ts(rec["processed_at"]) if rec.get("processed_at") else ts
+        yield at, task.labels.index(rec["label"]), float(rec["confidence"]), float(rec["entropy"]), \
+            float(rec.get("label_mass") or 1.0)
+
+
+def window_summaries(task: Task, messages: Iterable[tuple[float, int, float, float, float]]
+                     ) -> list[tuple[int, WindowSummary]]:
+    """Messages grouped into the task's tumbling windows: (window number since the epoch, summary)."""
+    out: list[tuple[int, WindowSummary]] = []
+    for at, label, confidence, entropy, mass in messages:
+        w = math.floor(at / task.drift.window_s)
+        if not out or out[-1][0] != w:
+            if out and w < out[-1][0]:
+                raise ValueError(f"records are not in time order at {iso(at)}")
+            out.append((w, WindowSummary.empty(len(task.labels), BINS)))
+        out[-1][1].add(label, confidence, entropy, mass, 0.0)
+    return out
+
+
+def backtest(task: Task, windows: list[tuple[int, WindowSummary]], baseline_windows: int | None,
+             published: Baseline | None) -> tuple[Baseline, list[Episode]]:
+    """Replay windows through the worker's `TaskDrift`; the baseline is the leading `baseline_windows`
+    windows (by time, from the first) or, when None, the published one."""
+    if not windows:
+        raise ValueError("no results of this task with a label and an entropy")
+    first = windows[0][0]
+    size = task.drift.window_s
+    if baseline_windows is not None:
+        lead = [s for w, s in windows if w - first < baseline_windows]
+        traffic = lead[0]
+        for s in lead[1:]:
+            traffic = traffic.merge(s)
+        baseline = Baseline(task.name, task.model.name, f"backtest.leading-{baseline_windows}-windows", traffic, None,
+                            iso(first * size), iso((first + baseline_windows) * size))
+        windows = [(w, s) for w, s in windows if w - first >= baseline_windows]
+    elif published is not None and published.traffic is not None:
+        baseline = published
+    else:
+        raise ValueError("no baseline: pass --baseline-windows N or publish one (python -m streams drift baseline)")
+    drift = TaskDrift(task, {}, {task.name: baseline})
+    episodes: list[Episode] = []
+    closing = [*windows, (windows[-1][0] + 1 if windows else first, WindowSummary.empty(len(task.labels), BINS))]
+    for w, summary in closing:
+        for output in drift.on_traffic(summary.to_dict(), w * size):
+            if output.topic != "alerts":
+                continue
+            alert = orjson.loads(output.value)
+            judged = round(_parse_ts(alert["window_start"]) / size) - first
+            if alert["state"] == "open":
+                episodes.append(Episode(judged, alert["window_start"], alert["detector"], alert["signal"],
+                                        alert["effect"], alert["change_point"]))
+            elif episodes:
+                episodes[-1].recovered, episodes[-1].recovered_at = judged, alert["window_start"]
+    return baseline, episodes
+
+
+async def _published_baseline(settings: Settings, task: Task) -> Baseline | None:
+    found = None
+    for _, _, rec in await read_logical(settings, "baselines"):
+        if rec.get("task") == task.name:
+            found = Baseline.from_record(rec)
+    return found
+
+
+async def _topic_results(settings: Settings) -> list[tuple[float, dict[str, Any]]]:
+    records = [(ts, rec) for logical in ("results", "review") for ts, _, rec in await read_logical(settings, logical)]
+    return sorted(records, key=lambda r: r[0])
+
+
+def _run_backtest(settings: Settings, task: Task, args: argparse.Namespace) -> int:
+    if args.input is not None:
+        with Path(args.input).open("rb") as f:
+            records = [(0.0, orjson.loads(line)) for line in f if line.strip()]
+    else:
+        records = asyncio.run(_topic_results(settings))
+    published = asyncio.run(_published_baseline(settings, task)) if args.baseline_windows is None else None
+    try:
+        baseline, episodes = backtest(task, window_summaries(task, result_messages(task, records)),
+                                      args.baseline_windows, published)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    d = task.drift
+    print(f"task {task.name}: baseline {baseline.ref()}; windows of {d.window_s:g} s; window test alpha {d.alpha:g}, "
+          f"CUSUMs arl0 {d.sequential_arl0:g} windows, shift {d.sequential_shift:g} sd")
+    for i, episode in enumerate(episodes, 1):
+        print(episode.line(i))
+    if not episodes:
+        print("no drift episode")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams drift", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +236,13 @@ def main(argv: list[str]) -> int:
     s = sub.add_parser("status", help="current drift state of every task")
     s.add_argument("--task")
     s.add_argument("--json", action="store_true")
+    bt = sub.add_parser("backtest", help="replay results through the worker's drift detectors; one line per episode")
+    bt.add_argument("--task", required=True)
+    source = bt.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSON lines of result records, in time order")
+    source.add_argument("--topic", action="store_true", help="read the results and review topics instead")
+    bt.add_argument("--baseline-windows", type=int, help="the baseline: this many leading windows "
+                    "(default: the task's published baseline on drift.baselines)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -117,6 +252,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "backtest":
+        return _run_backtest(settings, registry.tasks[args.task], args)
     if args.command == "baseline":
         task = registry.tasks[args.task]
         now = time.time()

@@ -5,8 +5,9 @@
   keyed by task, so one worker sees a task's whole traffic in its windows.
 - `Baseline` is what a window is compared with: a traffic summary and, optionally, canary top-k
   distributions with their repeat-to-repeat spread.
-- `DriftMonitor` holds one task's episode state and turns a closed window (or a canary run) into a
-  status record and, once per episode, an alert.
+- `DriftMonitor` holds one task's episode state and sequential detectors, and turns a closed window
+  (or a canary run) into a status record and, once per episode, an alert: the window test and the
+  CUSUMs feed one `EpisodeTracker`, so a drift is one episode whichever detector sees it first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from streams.drift.canary_stats import CanaryBaseline, compare_canaries, pool_topk
 from streams.drift.episodes import EpisodeTracker
 from streams.drift.homogeneity import DriftTest, compare_window
+from streams.drift.sequential import Firing, SequentialDrift
 from streams.drift.summary import WindowSummary
 from streams.stamps import SCHEMA_VERSION, iso, now_iso
 from streams.tasks import Task, TaskRegistry
@@ -88,11 +90,13 @@ def drift_test(task: Task) -> DriftTest:
 
 @dataclass
 class DriftMonitor:
-    """One task's drift state: episode trackers for traffic and canaries, and the last values seen."""
+    """One task's drift state: episode trackers for traffic and canaries, the sequential detectors
+    (built from the baseline on the first window, rebuilt when the baseline changes), the last values."""
 
     task: Task
     traffic: EpisodeTracker = field(init=False)
     canary: EpisodeTracker = field(init=False)
+    sequential: SequentialDrift | None = None
     last: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,19 +110,32 @@ class DriftMonitor:
         assert baseline.traffic is not None
         verdict = compare_window(window, baseline.traffic, drift_test(self.task))
         family, strongest = verdict.strongest()
+        d = self.task.drift
+        if self.sequential is None or self.sequential.baseline != baseline.version:
+            self.sequential = SequentialDrift(self.task.labels, baseline.traffic, baseline.version,
+                                              d.sequential_arl0, d.sequential_shift, d.sequential_margin)
+        fired = self.sequential.update(window, start)
         self.last["traffic"] = {
             "window_start": iso(start), "window_end": iso(end), "n": window.n, "drifted": verdict.drifted,
             "families": {name: v.to_dict() for name, v in verdict.verdicts.items()},
+            "sequential": {"threshold": self.sequential.threshold, "statistics": self.sequential.values(),
+                           "in_alarm": [f.signal for f in self.sequential.alarms()]},
             "entropy_mean": window.entropy_mean, "label_mass_mean": window.label_mass_mean,
             "chosen_logprob_mean": window.chosen_logprob_mean,
         }
-        event = self.traffic.update(verdict.drifted)
+        event = self.traffic.update(verdict.drifted or self.sequential.in_alarm)
         alert = None
         if event is not None:
             # Live traffic moved: model drift if the canaries moved too, else the data changed.
             kind = "model" if self.canary.active else "data"
-            alert = self._alert(kind, event, f"{family}_{strongest.statistic}", strongest.value,
-                                strongest.threshold, strongest.p_value, start, end, baseline)
+            cusum = (fired or self.sequential.alarms()) if event == "open" else []
+            if cusum and not verdict.drifted:
+                alert = self._alert(kind, event, "cusum_llr", cusum[0].value, cusum[0].threshold, None, start, end,
+                                    baseline, detector="cusum", firing=cusum[0])
+            else:
+                alert = self._alert(kind, event, f"{family}_{strongest.statistic}", strongest.value,
+                                    strongest.threshold, strongest.p_value, start, end, baseline,
+                                    detector="window_test", signal=family)
         return self.status(baseline), alert
 
     def on_canaries(self, samples: dict[str, list[dict[str, float]]], at: float,
@@ -133,7 +150,7 @@ class DriftMonitor:
         alert = None
         if event is not None:
             alert = self._alert("model", event, "canary_kl", verdict.value, verdict.threshold, verdict.p_value,
-                                at, at, baseline)
+                                at, at, baseline, detector="canary", signal="canary_kl")
         return self.status(baseline), alert
 
     def status(self, baseline: Baseline | None) -> dict[str, Any]:
@@ -143,11 +160,18 @@ class DriftMonitor:
                 "last": self.last, "updated_at": now_iso(), "schema_version": SCHEMA_VERSION}
 
     def _alert(self, kind: str, event: str, statistic: str, value: float, threshold: float, p_value: float | None,
-               start: float, end: float, baseline: Baseline) -> dict[str, Any]:
+               start: float, end: float, baseline: Baseline, detector: str, signal: str = "",
+               firing: Firing | None = None) -> dict[str, Any]:
+        """The alert record. On open, `change_point` estimates when the drift began: the CUSUM's last
+        zero for a sequential alarm, the window's start for the window test and the canaries."""
+        opening = event == "open"
+        change = (firing.since if firing is not None and firing.since is not None else start) if opening else None
         return {"task": self.task.name, "model": self.task.model.name, "kind": kind,
-                "state": "open" if event == "open" else "recovered", "statistic": statistic,
+                "state": "open" if opening else "recovered", "statistic": statistic,
                 "value": float(value), "threshold": float(threshold),
                 "p_value": float(p_value) if p_value is not None else None,
                 "window_start": iso(start), "window_end": iso(end), "baseline_ref": baseline.ref(),
+                "detector": detector, "signal": firing.signal if firing is not None else signal,
+                "change_point": iso(change) if change is not None else None,
+                "effect": float(firing.effect) if firing is not None else float(value),
                 "raised_at": now_iso(), "schema_version": SCHEMA_VERSION}
-

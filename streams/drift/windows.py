@@ -1,7 +1,8 @@
 """One task's drift windows: partial summaries merge into the open tumbling window; the first summary
 of a later window closes it, and the closed window is judged against the baseline. No Faust here: the
-state lives in any mutable mapping (the worker's changelogged `drift-state` table, so windows and
-episodes survive restarts), and the records to publish are returned.
+state lives in any mutable mapping (the worker's changelogged `drift-state` table, so windows,
+episodes and the sequential detectors' evidence survive restarts), and the records to publish are
+returned.
 
 Windows are aligned on the summaries' Kafka timestamps (the flush time): window = floor(t / size).
 A summary stamped before the open window (another worker's flush crossing the boundary, a second
@@ -19,6 +20,7 @@ import orjson
 
 from streams.drift.episodes import EpisodeTracker
 from streams.drift.monitor import Baseline, DriftMonitor
+from streams.drift.sequential import SequentialDrift
 from streams.drift.summary import WindowSummary
 from streams.publishing import Output
 from streams.tasks import Task
@@ -38,11 +40,15 @@ class TaskDrift:
         if "traffic" in saved:
             self.monitor.traffic = EpisodeTracker.from_dict(saved["traffic"])
             self.monitor.canary = EpisodeTracker.from_dict(saved["canary"])
+        seq = saved.get("sequential")
+        self.monitor.sequential = SequentialDrift.from_dict(seq) if seq else None
         return saved
 
     def _save(self, saved: dict[str, Any]) -> None:
+        seq = self.monitor.sequential
         self.state[self.task.name] = {**saved, "traffic": self.monitor.traffic.to_dict(),
-                                      "canary": self.monitor.canary.to_dict()}
+                                      "canary": self.monitor.canary.to_dict(),
+                                      "sequential": seq.to_dict() if seq is not None else None}
 
     def on_traffic(self, summary: Mapping[str, Any], timestamp: float) -> list[Output]:
         """A partial summary stamped `timestamp` (seconds); judges the previous window when this one is later."""

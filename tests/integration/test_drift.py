@@ -1,4 +1,5 @@
-"""Drift on the real broker: a label-mix shift opens one data-drift episode; a changed model trips the canaries."""
+"""Drift on the real broker: a label-mix shift, abrupt or slow, opens one data-drift episode; a changed model trips
+the canaries."""
 
 from __future__ import annotations
 
@@ -93,3 +94,31 @@ def test_a_changed_model_trips_the_canaries_as_model_drift(broker: EmbeddedBroke
     schemas.validate("drift_alert", alert)
     assert alert["kind"] == "model" and alert["statistic"] == "canary_kl" and alert["state"] == "open"
     assert alert["value"] > alert["threshold"]
+
+
+def test_a_slow_label_ramp_opens_exactly_one_data_drift_episode(broker: EmbeddedBroker, workdir: Path) -> None:
+    """The sequential CUSUMs run in the worker: a slow ramp of the label mix is one episode, the prefix none."""
+    rng = random.Random(11)
+    with SyntheticModel(workdir) as model:
+        worker = Worker(broker.bootstrap, _tasks(workdir, model.base_url, "window_s = 2\n"), workdir)
+        with worker.process() as proc:
+            wait_ready(proc)
+            _traffic(worker, 10, 0.8, rng)  # baseline: 80% fresh
+            time.sleep(1.5)
+            baseline = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "9")
+            assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+            _traffic(worker, 8, 0.8, rng)  # the stationary prefix: four windows, no episode
+            quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
+            for second in range(24):  # 80% -> 56% fresh, one point a second (two a 2 s window)
+                _traffic(worker, 1, 0.8 - 0.01 * (second + 1), rng)
+            _traffic(worker, 4, 0.56, rng)  # and it stays there: still the same episode
+            alerts = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=5))
+    assert quiet == [], f"no alert on the stationary prefix: {[a.json() for a in quiet]}"
+    opened = [a.json() for a in alerts]
+    assert len(opened) == 1, f"exactly one episode for one drift: {opened}"
+    alert = opened[0]
+    print(alert)
+    schemas.validate("drift_alert", alert)
+    assert alert["kind"] == "data" and alert["state"] == "open"
+    assert alert["detector"] in ("cusum", "window_test") and "label" in alert["signal"]
+    assert alert["change_point"] <= alert["window_start"]

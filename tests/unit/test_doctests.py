@@ -20,6 +20,7 @@ MODULES = [
     "streams.drift.summary",
     "streams.drift.divergence",
     "streams.drift.homogeneity",
+    "streams.drift.cusum",
     "streams.drift.sequential",
     "streams.drift.episodes",
     "streams.drift.canary_stats",

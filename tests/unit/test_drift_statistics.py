@@ -1,4 +1,4 @@
-"""The drift statistics (streams.drift.summary, divergence, homogeneity, sequential, episodes, canary_stats):
+"""The drift statistics (streams.drift.summary, divergence, homogeneity, cusum, sequential, episodes, canary_stats):
 exact small cases, scipy references, statistical behaviour, JSON state."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, entropy
 
 from streams.drift.canary_stats import CanaryBaseline, canary_baseline, canary_kl, compare_canaries
+from streams.drift.cusum import MeanShiftCusum, cusum_threshold
 from streams.drift.divergence import effect_size, js_divergence, smoothed_distribution
 from streams.drift.episodes import EpisodeTracker
 from streams.drift.homogeneity import DriftTest, compare, compare_window, g_test, holm
-from streams.drift.sequential import Cusum, PageHinkley, cusum_arl, cusum_threshold, entropy_shift_z
+from streams.drift.sequential import SequentialDrift, references, signals
 from streams.drift.summary import WindowSummary
 
 
@@ -219,93 +220,97 @@ def test_window_summary_json_round_trip_and_keeps_counting() -> None:
 # ------------------------------------------------------------------ sequential detectors
 
 
-def test_siegmund_approximation_matches_tabulated_cusum_arls() -> None:
-    assert cusum_arl(4.0, 0.5) == pytest.approx(336, rel=0.02)  # Montgomery's table: 336
-    assert cusum_arl(5.0, 0.5) == pytest.approx(930, rel=0.02)  # 930
-    assert cusum_arl(4.0, 0.5, shift=1.0) == pytest.approx(8.38, rel=0.03)  # 8.38
-    h = cusum_threshold(1000.0, 0.5)  # two-sided: each side's ARL is twice the target
-    assert cusum_arl(h, 0.5) == pytest.approx(2000.0) and cusum_threshold(1000.0, 0.5, two_sided=False) < h
+def _run_length(rng: np.random.Generator, h: float, n: int, shift: float, limit: int) -> int:
+    """Windows until a one-sided CUSUM on N(0, 1) messages (n a window) alarms; `limit` if it does not."""
+    c = MeanShiftCusum(0.0, 1.0, shift, h)
+    sums = rng.normal(size=limit) * math.sqrt(n)  # a window's sum of n standard normal messages
+    for t, total in enumerate(sums.tolist()):
+        c.update(n, total, float(t))
+        if c.drift_detected:
+            return t + 1
+    return limit
 
 
-def test_calibrated_cusum_run_length_matches_its_target() -> None:
-    rng = np.random.default_rng(21)
-    h = cusum_threshold(100.0, 0.5)  # two-sided ARL0 = 100: short enough to simulate
-    lengths = []
-    for _ in range(300):
-        c, t = Cusum(0.5, h), 0
-        while not c.drift_detected:
-            c.update(float(rng.normal()))
-            t += 1
-        lengths.append(t)
-    assert 80 < np.mean(lengths) < 125
+@pytest.mark.parametrize("n", [50, 500])
+def test_cusum_false_alarms_are_rarer_than_its_threshold_promises(n: int) -> None:
+    """h = ln(ARL0) is Lorden's bound: the mean run length to a false alarm is at least ARL0, any window size."""
+    rng = np.random.default_rng(n)
+    arl0 = 50.0
+    lengths = [_run_length(rng, cusum_threshold(arl0), n, 0.1, 5000) for _ in range(200)]
+    assert np.mean(lengths) >= arl0, np.mean(lengths)
 
 
-@pytest.mark.parametrize("cls", [Cusum, PageHinkley])
-def test_sequential_detectors_catch_a_mean_shift_both_ways(cls: type) -> None:
-    for sign in (1.0, -1.0):
-        rng = np.random.default_rng(4)
-        det = cls()
-        alarms = []
-        for t in range(300):
-            det.update(float(rng.normal() + (sign * 1.5 if t >= 150 else 0.0)))
-            if det.drift_detected:
-                alarms.append(t)
-        assert alarms and 150 <= alarms[0] <= 170, (cls, sign, alarms)
+def test_cusum_threshold_splits_one_budget_over_the_statistics() -> None:
+    assert cusum_threshold(1000.0, 6) == pytest.approx(math.log(6000.0))
+    with pytest.raises(ValueError):
+        cusum_threshold(0.5)
 
 
-@pytest.mark.parametrize("cls", [Cusum, PageHinkley])
-def test_sequential_detectors_stay_quiet_on_stationary_data(cls: type) -> None:
-    rng = np.random.default_rng(9)
-    det = cls()  # ARL0 = 5000 (CUSUM) / 2000 (Page-Hinkley) windows by default: about 0.6 / 1.5 alarms in 3000
-    alarms = 0
-    for x in rng.normal(size=3000):
-        det.update(float(x))
-        alarms += det.drift_detected
-    assert alarms <= 4
-    lax = cls(**{"h" if cls is Cusum else "threshold": 2.0})  # a threshold far too low alarms all the time
-    for x in rng.normal(size=300):
-        lax.update(float(x))
-        alarms += lax.drift_detected
-    assert alarms > 5
+def test_cusum_detects_a_small_per_message_shift_and_estimates_when_it_began() -> None:
+    rng = np.random.default_rng(3)
+    c = MeanShiftCusum(0.0, 1.0, 0.1, cusum_threshold(1000.0, 6))
+    fired_at = None
+    for t in range(60):
+        mean = 0.1 if t >= 20 else 0.0  # 0.1 sigma: 2.2 standard errors of a 500-message window mean
+        c.update(500, float(rng.normal(500 * mean, math.sqrt(500))), 10.0 * t)
+        if c.drift_detected and fired_at is None:
+            fired_at, since, effect = t, c.since, c.effect
+    assert fired_at is not None and 20 <= fired_at <= 30
+    assert since is not None and 150.0 <= since <= 230.0, since
+    assert 0.05 < effect < 0.2
 
 
-@pytest.mark.parametrize("cls", [Cusum, PageHinkley])
-def test_sequential_detector_state_round_trips_mid_stream(cls: type[Cusum] | type[PageHinkley]) -> None:
-    xs = np.random.default_rng(2).normal(size=200) + np.r_[np.zeros(100), np.full(100, 1.2)]
-    straight, split = cls(), cls()
-    fired_straight, fired_split = [], []
-    for i, x in enumerate(xs):
-        if i == 120:
-            split = cls.from_dict(_json(split.to_dict()))
-        straight.update(float(x))
-        split.update(float(x))
-        fired_straight.append(straight.drift_detected)
-        fired_split.append(split.drift_detected)
-    assert fired_straight == fired_split and any(fired_straight)
+def test_an_alarm_lasts_while_the_shift_does_and_ends_once_traffic_returns() -> None:
+    rng = np.random.default_rng(8)
+    c = MeanShiftCusum(0.0, 1.0, 0.1, 8.0)
+    states = []
+    for t in range(80):
+        mean = 0.3 if 10 <= t < 40 else 0.0
+        c.update(500, float(rng.normal(500 * mean, math.sqrt(500))), float(t))
+        states.append(c.drift_detected)
+    first = states.index(True)
+    assert first <= 12 and all(states[first:40]), "one alarm for the whole shift, not one per few windows"
+    assert not any(states[45:]) and c.stat == 0.0, "it ends soon after the shift and leaves no head start"
+
+
+def test_cusum_state_round_trips_mid_stream() -> None:
+    rng = np.random.default_rng(2)
+    straight, split = MeanShiftCusum(0.0, 1.0, -0.1, 8.0), MeanShiftCusum(0.0, 1.0, -0.1, 8.0)
+    seen_straight, seen_split = [], []
+    for t in range(60):
+        total = float(rng.normal(-500 * 0.08 * (t >= 30), math.sqrt(500)))
+        if t == 35:
+            split = MeanShiftCusum.from_dict(_json(split.to_dict()))
+        straight.update(500, total, float(t))
+        split.update(500, total, float(t))
+        seen_straight.append((straight.drift_detected, straight.stat))
+        seen_split.append((split.drift_detected, split.stat))
+    assert seen_straight == seen_split and any(d for d, _ in seen_straight)
     straight.reset()
-    assert not straight.drift_detected and straight.n == 0
+    assert not straight.drift_detected and straight.stat == 0.0 and straight.since is None
 
 
-def test_cusum_learns_its_target_from_the_first_values() -> None:
-    c = Cusum(k=0.5, h=5.0, target=None, min_instances=10)
-    for _ in range(10):
-        c.update(3.0)
-    assert c.target == pytest.approx(3.0) and not c.drift_detected
-    fired = []
-    for _ in range(6):
-        c.update(5.0)
-        fired.append(c.drift_detected)
-    assert fired == [False, False, False, True, False, False]  # 4 x (5 - 3 - 0.5) = 6 > 5; then it restarts
+def test_signals_are_sums_whose_means_are_the_baseline_references() -> None:
+    s = WindowSummary.empty(3, bins=4)
+    s.add_many(np.array([0, 0, 1, 2]), np.array([0.1, 0.3, 0.6, 0.9]), np.array([0.2, 0.4, 0.6, 0.8]),
+               np.ones(4), np.zeros(4))
+    sig, ref = signals(s, ["a", "b", "c"]), references(s, ["a", "b", "c"])
+    assert set(sig) == set(ref) == {"label_share[a]", "label_share[b]", "label_share[c]", "entropy_mean",
+                                    "confidence_mean"}
+    assert sig["label_share[a]"] == (4, 2.0) and sig["entropy_mean"][1] == pytest.approx(2.0)
+    assert sig["confidence_mean"][1] == pytest.approx(0.125 + 0.375 + 0.625 + 0.875)  # bin midpoints
+    assert ref["label_share[a]"][0] == pytest.approx(2.5 / 5) and ref["entropy_mean"][0] == pytest.approx(0.5)
+    assert set(signals(WindowSummary.empty(2), ["x", "y"])) == {
+        "label_share[x]", "entropy_mean", "confidence_mean"}, "a binary task watches one share"
 
 
-def test_entropy_shift_z_is_in_standard_errors_of_the_window_mean() -> None:
+def test_sequential_detectors_restart_with_a_new_baseline_only() -> None:
     base = WindowSummary.empty(2)
-    base.add_many(np.zeros(4, int), np.full(4, 0.9), np.array([0.2, 0.4, 0.6, 0.8]), np.ones(4), np.zeros(4))
-    w = WindowSummary.empty(2)
-    w.add_many(np.zeros(25, int), np.full(25, 0.9), np.full(25, 0.6), np.ones(25), np.zeros(25))
-    s = math.sqrt(0.05)  # population std of 0.2, 0.4, 0.6, 0.8
-    assert entropy_shift_z(w, base) == pytest.approx((0.6 - 0.5) * 5 / s)
-    assert entropy_shift_z(WindowSummary.empty(2), base) == 0.0
+    base.add_many(np.array([0, 1] * 500), np.full(1000, 0.8), np.linspace(0, 1, 1000), np.ones(1000), np.zeros(1000))
+    seq = SequentialDrift(["p", "n"], base, "v1", arl0=1000.0, shift=0.05)
+    assert seq.threshold == pytest.approx(math.log(6 * 1000.0))
+    restored = SequentialDrift.from_dict(_json(seq.to_dict()))
+    assert restored.baseline == "v1" and restored.to_dict() == seq.to_dict()
 
 
 # ------------------------------------------------------------------ episodes

@@ -73,7 +73,7 @@ def test_known_default_values() -> None:
     assert (CalibrationPolicy().refit_every, CalibrationPolicy().min_examples) == (200, 100)
     assert CalibrationPolicy().methods == DEFAULT_METHODS
     d = DriftPolicy()
-    assert (d.window_s, d.alpha, d.confirm_windows, d.clear_windows) == (300.0, 5e-4, 1, 3)
+    assert (d.window_s, d.alpha, d.confirm_windows, d.clear_windows) == (300.0, 1e-4, 1, 3)
     assert ConfidencePolicy().methods == (FIRST_TOKEN,) == (METHOD_NAMES[0],)
     t = only_task(MINIMAL)
     assert (t.review_threshold, t.min_label_mass, t.failure_probability, t.audit_rate) == (0.8, 0.5, 0.1, 0.0)
