@@ -371,6 +371,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_MODEL_MAX_RETRIES", "model_max_retries", "4", Integer(0, 20),
         "retries per model call; they back off exponentially and honour Retry-After"),
     Var("STREAMS_SESSION_TIMEOUT_S", "session_timeout_s", "30", Number(1, 600), "consumer session timeout (seconds)"),
+    Var("STREAMS_STALL_AFTER_S", "stall_after_s", "90", Number(1, 86400),
+        "a requests partition with requests waiting and none done for this long, while the worker sat idle, "
+        "is reported stalled (`llm_classify_partition_stalled`); longer than a rebalance takes"),
     Var("STREAMS_STOP_GRACE_S", "stop_grace_s", "25", Number(0, 3600),
         "on SIGTERM, seconds to finish the model calls in flight; the rest are handed back (replayed by the "
         "partition's next owner). Keep it under the orchestrator's kill deadline (Kubernetes "
@@ -473,6 +476,7 @@ class Settings:
     model_max_retries: int
     session_timeout_s: float
     stop_grace_s: float
+    stall_after_s: float
     web_host: str
     web_port: int
     web_auth: str | None  # "ON" or "OFF"

@@ -7,7 +7,6 @@ its agents, timers and pages on the app with them. Nothing here runs at import.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from streams.calibration.registry import CalibratorRegistry
 from streams.classify import agents as classify_agents
 from streams.classify.model_client import ModelClient
 from streams.classify.service import Classifier
+from streams.classify.stall import AgentProgress
 from streams.drift import agents as drift_agents
 from streams.drift.monitor import DriftAccumulator
 from streams.ops import agents as ops_agents
@@ -46,8 +46,8 @@ class Services:
     classifier: Classifier
     queue: ReviewQueue
     publish: Publish
-    #: Requests delivered per (topic, partition) by the classify agent, read by the stall watch.
-    delivered: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: Acks per partition and input waits of the classify agent, read by the stall watch.
+    progress: AgentProgress = field(default_factory=AgentProgress)
 
 
 def build_services(settings: Settings, tasks: TaskRegistry) -> Services:

@@ -30,6 +30,7 @@ from streams.calibration.store import calibrator_feed
 from streams.classify.inflight import InOrderRelease, Ticket
 from streams.classify.records import Source
 from streams.classify.service import Classifier
+from streams.classify.stall import AgentProgress
 from streams.faust_stop import forget_unacked, stop_fetching
 from streams.ops.metrics import ServiceMetrics
 from streams.publishing import Publish
@@ -44,26 +45,26 @@ class InFlight:
     """Bounded concurrency with in-order acks, for one agent instance."""
 
     def __init__(self, limit: int, classifier: Classifier, publish: Publish, metrics: ServiceMetrics,
-                 counts: Counter[str], delivered: Counter[tuple[str, int]]) -> None:
+                 counts: Counter[str], progress: AgentProgress) -> None:
         self.slots = asyncio.Semaphore(limit)
         self.release: InOrderRelease[EventT] = InOrderRelease()
         self.running: set[asyncio.Task[None]] = set()
         self.classifier, self.publish, self.metrics = classifier, publish, metrics
-        self.counts, self.delivered = counts, delivered
+        self.counts, self.progress = counts, progress
         #: Set when the worker stops: no new call starts; an event not started stays unacked (replayed).
         self.stopping = False
 
     async def submit(self, event: EventT) -> None:
+        self.progress.got_event()
         await self.slots.acquire()  # back-pressure: stop reading when the window is full
         if self.stopping:
             self.slots.release()
             return
-        tp = event.message.tp
-        self.delivered[tp] += 1
-        ticket = self.release.add(tp, event)
+        ticket = self.release.add(event.message.tp, event)
         task = asyncio.create_task(self._handle(event, ticket))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
+        self.progress.waiting()  # for the next event: idle time, unless the stream has one ready
 
     async def _handle(self, event: EventT, ticket: Ticket) -> None:
         msg = event.message
@@ -81,6 +82,7 @@ class InFlight:
             self.slots.release()
         for done in self.release.done(ticket):
             done.ack()
+            self.progress.acked[done.message.tp] += 1
 
     async def drain(self, grace_s: float) -> tuple[int, int]:
         """Stop starting calls; wait up to `grace_s` for those in flight; cancel the rest.
@@ -143,7 +145,8 @@ def register(s: Services) -> None:
 
     @app.agent(s.topics["requests"], name="classify")
     async def classify(stream: StreamT) -> None:
-        inflight = InFlight(settings.max_in_flight, s.classifier, s.publish, s.metrics, counts, s.delivered)
+        inflight = InFlight(settings.max_in_flight, s.classifier, s.publish, s.metrics, counts, s.progress)
+        s.progress.waiting()
         instances.add(inflight)
         try:
             # faust's StreamT leaves noack() out; an agent is always given a faust.Stream, which has it

@@ -3,7 +3,8 @@
 It answers `POST /v1/chat/completions` instantly (or after a configured latency) with one token and a
 fixed, known logprob distribution, so benchmarks measure the worker rather than a model, and tests can
 provoke latency, rate limiting (HTTP 429), missing logprobs and chosen labels (`[[label=NAME]]` in the last
-user message). The demo uses the real local model (`serve-model`), never this.
+user message). A call whose text holds `[[hang]]` is never answered: a server stuck on one request.
+The demo uses the real local model (`serve-model`), never this.
 
 Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`; latency is fixed plus
 uniform jitter by default, or `--latency-dist lognormal|exponential` (mean `--latency-ms`).
@@ -33,6 +34,7 @@ import orjson
 from aiohttp import web
 
 MARKER = re.compile(r"\[\[label=([^\]]+)\]\]")
+HANG = "[[hang]]"
 # Where the mass not given to labels goes: tokens a real model emits when it drifts off the label set.
 FILLERS: tuple[tuple[str, float], ...] = (("the", 0.5), ("<", 0.3), ("\n", 0.2))
 BARE_SHARE = 0.8  # share of a label's mass on "label"; the rest goes to " label", as real tokenisers split it
@@ -218,6 +220,8 @@ class SyntheticModelServer:
             if delay > 0:
                 await asyncio.sleep(delay)
             text = _last_user_text(body.get("messages"))
+            if HANG in text:
+                await asyncio.Event().wait()  # until the server stops
             marker = MARKER.search(text)
             ranked = cfg.distribution(marker.group(1) if marker else None)
             response = self._completion(body, ranked, len(text.split()))

@@ -138,8 +138,7 @@ def register(s: Services) -> None:
     metrics.state.queue = queue
     metrics.state.drift = drift_history
     loaded = asyncio.Event()
-    #: Longer than any healthy rebalance: the group waits up to a session timeout for a dead member.
-    stalls: StallWatch[tuple[str, int]] = StallWatch(after_s=max(3 * settings.session_timeout_s, 30.0))
+    stalls: StallWatch[tuple[str, int]] = StallWatch(after_s=settings.stall_after_s)
     alarm = QueueAlarm(settings.review_alert_depth, settings.review_alert_age_s)
     webhook = WebhookForwarder(settings.alert_webhook_url)
     requests_topic = settings.topic("requests")
@@ -181,11 +180,11 @@ def register(s: Services) -> None:
 
     def watch_stalls(now: float, lag: dict[tuple[str, int], int]) -> None:
         waiting = {k: n for k, n in lag.items() if k[0] == requests_topic}
-        for stall in stalls.observe(now, waiting, s.delivered):
-            log.warning("requests partition %s[%d] stalled: %d request(s) waiting, none delivered for %.0f s; "
-                        "consumer: %s", *stall.partition, stall.lag, stall.idle_s,
+        for stall in stalls.observe(now, waiting, s.progress.acked, s.progress.idle_s(now)):
+            log.warning("requests partition %s[%d] stalled: %d request(s) waiting, none done for %.0f s while "
+                        "the worker sat idle; consumer: %s", *stall.partition, stall.lag, stall.idle_s,
                         consumer_view(app, stall.partition))
-        metrics.state.stalled = list(stalls.stalled(now))
+        metrics.state.stalled = stalls.stalled()
 
     @app.timer(interval=SAMPLE_S)
     async def sample_ops() -> None:

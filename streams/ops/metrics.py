@@ -161,7 +161,7 @@ class StateCollector(Collector):
             lag.add_metric([topic, str(partition)], n)
         yield lag
         stalled = GaugeMetricFamily(f"{NS}_partition_stalled", "1 while an owned requests partition has requests "
-                                    "waiting and none delivered for longer than a rebalance takes",
+                                    "waiting and none done for STREAMS_STALL_AFTER_S while the worker sat idle",
                                     labels=["topic", "partition"])
         for topic, partition in sorted(self.stalled):
             stalled.add_metric([topic, str(partition)], 1)
