@@ -32,6 +32,7 @@ from streams.localdev.model_server import LocalModelServer
 from streams.localdev.processes import ChildProcess, free_port
 from streams.localdev.sample_data import load_reviews
 from streams.ops.auth import add_reviewer
+from streams.ops.screenshot import screenshot
 from streams.settings import Settings
 from streams.tasks import load_tasks
 from streams.topics import ensure_topics
@@ -225,20 +226,6 @@ async def answer_reviews(settings: Settings, limit: int) -> int:
     return n
 
 
-def dashboard_screenshot(url: str, out: Path, token: str) -> Path:
-    """A PNG of a worker page, logged in with a bearer token (streams.ops.screenshot drives the browser)."""
-    from streams.ops.screenshot import browser
-
-    with browser() as b:
-        page = b.new_page(viewport={"width": 1400, "height": 900},
-                          extra_http_headers={"Authorization": f"Bearer {token}"})
-        page.goto(url, wait_until="load", timeout=30_000)
-        page.wait_for_selector("svg.plot, .item, body", timeout=15_000)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out), full_page=True)
-    return out
-
-
 def how_to_log_in(port: str, token: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return (f"\nthe worker's pages need a login; reviewer `demo`'s token (shown once, only its hash is kept):\n"
@@ -312,6 +299,6 @@ def main(argv: list[str]) -> int:
                 if args.screenshot:
                     time.sleep(12)  # the dashboard samples every 5 s; let the answers reach it
                     url = f"http://127.0.0.1:{env['STREAMS_WEB_PORT']}/dashboard/"
-                    print(f"dashboard screenshot: {dashboard_screenshot(url, Path(args.screenshot), token)}")
+                    print(f"dashboard screenshot: {screenshot(url, Path(args.screenshot), token=token)}")
     print(f"\nall outputs accounted for: {'yes' if ok else 'NO'}; logs in {workdir}")
     return 0 if ok else 1

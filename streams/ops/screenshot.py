@@ -1,7 +1,9 @@
 """`python -m streams screenshot`: a PNG of the dashboard (or any worker page) in headless Chromium.
 
 Drives Debian's chromium (`apt-get install chromium`; or CHROMIUM=/path) through Playwright's
-Python package; `playwright install` is never needed, since no browser is downloaded.
+Python package; `playwright install` is never needed, since no browser is downloaded. The pages need a
+login: the reviewer token is read from `--token-file` or $STREAMS_REVIEW_TOKEN, never from the command
+line (which other users of the machine can read), and sent as a bearer token.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def screenshot(url: str, out: Path, width: int = 1400, height: int = 900, full_page: bool = True) -> Path:
-    """Load the page, wait until its plots are in, and write a PNG."""
+def screenshot(url: str, out: Path, width: int = 1400, height: int = 900, full_page: bool = True,
+               token: str | None = None) -> Path:
+    """Load the page (as the reviewer whose token is given), wait until its plots are in, and write a PNG."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     with browser() as b:
-        page = b.new_page(viewport={"width": width, "height": height})
+        page = b.new_page(viewport={"width": width, "height": height}, extra_http_headers=headers)
         page.goto(url, wait_until="load", timeout=30_000)
         page.wait_for_selector("svg.plot, .item, body", timeout=15_000)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +68,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default="dashboard.png", help="PNG file to write")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding a reviewer token (`python -m streams review reviewers add NAME`); "
+                             "default: $STREAMS_REVIEW_TOKEN")
     args = parser.parse_args(argv)
+    token = (args.token_file.read_text().strip() if args.token_file else os.environ.get("STREAMS_REVIEW_TOKEN"))
+    if not token:
+        print("note: no reviewer token (--token-file or STREAMS_REVIEW_TOKEN): a worker with authentication on "
+              "shows its login form", file=sys.stderr)
     try:
-        path = screenshot(args.url, Path(args.out), args.width, args.height)
+        path = screenshot(args.url, Path(args.out), args.width, args.height, token=token)
     except Exception as exc:  # noqa: BLE001 - the CLI's boundary: no browser, page unreachable...: one line, exit 1
         print(f"error: screenshot of {args.url} failed: {exc}", file=sys.stderr)
         return 1
