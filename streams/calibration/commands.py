@@ -2,7 +2,9 @@
 
 Runs the task's model over every labelled text through the worker's own path (`MethodRunner` with
 the chosen confidence method, bounded concurrency, a progress line), splits fit / held-out, chooses the method by
-cross-validated NLL on the fit set, prints held-out metrics before and after with bootstrap
+cross-validated NLL on the fit set (one-standard-error rule, never worse than the base rate), says
+whether the model has any signal for the task (AUROC, accuracy against the majority label, with a
+plain warning when it has none), prints held-out metrics before and after with bootstrap
 intervals, writes reliability diagrams, and publishes the calibrator (and the labelled examples, so
 later refits build on them). Workers pick the new version up without restart.
 """
@@ -80,8 +82,8 @@ def report(outcome: FitOutcome, task: Task) -> str:
     b, a = outcome.metrics_before, outcome.metrics_after
     lines = [(f"calibrator for {task.name}: {outcome.calibrator.method} "
               f"(fit on {outcome.fit_size}, judged on {outcome.heldout_size} held out)"),
-             "cross-validated NLL on the fit set: "
-             + ", ".join(f"{m} {v:.4f}" for m, v in sorted(outcome.cv_nll.items(), key=lambda kv: kv[1])),
+             ("5-fold cross-validated NLL on the fit set, with standard errors (one-standard-error rule; never "
+              "worse than the constant base rate):"), outcome.selection,
              "", f"{'held-out metric':<22}{'raw':>24}{'calibrated':>24}"]
 
     def cell(m: dict[str, Any], key: str) -> str:
@@ -95,6 +97,10 @@ def report(outcome: FitOutcome, task: Task) -> str:
         mean, q95 = a["ece_floor"]
         lines.append(f"(a perfectly calibrated model with the calibrated confidences would score ECE {mean:.4f} "
                      f"on these {a['n']} items, under {q95:.4f} 95% of the time: binning noise, not miscalibration)")
+    lines += ["", outcome.signal.summary(task.labels)]
+    warning = outcome.signal.warning()
+    if warning:
+        lines.append(warning)
     if outcome.risk_control is not None:
         rc = outcome.risk_control
         if rc["feasible"]:
@@ -169,7 +175,8 @@ def main(argv: list[str]) -> int:
     print(report(outcome, task))
     record = calibrator_record(task.name, args.method, task.model.name, task.labels, outcome.calibrator,
                                outcome.fit_size, outcome.heldout_size, outcome.metrics_before, outcome.metrics_after,
-                               "calibrate", outcome.cv_nll, outcome.risk_control)
+                               "calibrate", outcome.cv_nll, outcome.risk_control, outcome.cv_se,
+                               outcome.signal.to_dict(task.labels))
     (args.out / "calibrator.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
     hold = outcome.heldout_index
     curves = {name: reliability_data(*confidence_and_correct(p, y[hold]))

@@ -2,9 +2,11 @@
 
 One procedure serves the calibrate command and the online refit from reviewer labels: split into a
 fit set and a held-out set (stratified, seeded), choose the method by cross-validated NLL on the fit
-set only, then judge on the held-out set. A refit is published only if its held-out NLL is no worse
-than the calibrator in force. The current calibrator may have been fitted on some of those held-out
-items in an earlier round, which favours it: the rule errs toward keeping what works.
+set only (one-standard-error rule, never worse than the base rate: `calibrators.selection`), then
+judge on the held-out set. The signal verdict (`signal.py`) is measured on the raw scores of all the items.
+A refit is published only if its held-out NLL is no worse than the calibrator in force. The current
+calibrator may have been fitted on some of those held-out items in an earlier round, which favours
+it: the rule errs toward keeping what works.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from streams.calibration.calibrators import Calibrator, select_calibrator
+from streams.calibration.calibrators import Calibrator, select
 from streams.calibration.metrics import confidence_and_correct, summary
 from streams.calibration.risk_control import ltt_threshold
+from streams.calibration.signal import SignalReport, signal_report
 
 
 @dataclass(frozen=True)
 class FitOutcome:
     calibrator: Calibrator
     cv_nll: dict[str, float]
+    cv_se: dict[str, float]
+    selection: str  # the CV table with standard errors and the reason for the choice
+    signal: SignalReport  # raw scores on all the labelled items: is there anything to calibrate?
     fit_size: int
     heldout_size: int
     metrics_before: dict[str, Any]  # raw probabilities, held-out
@@ -64,7 +70,8 @@ def fit_and_evaluate(probs: np.ndarray, y: np.ndarray, methods: Sequence[str], h
                      current: Calibrator | None = None, target_error: float | None = None,
                      delta: float = 0.1, seed: int = 0, n_boot: int = 1000) -> FitOutcome:
     fit_idx, hold_idx = stratified_split(y, holdout_fraction, seed)
-    calibrator, cv_nll = select_calibrator(probs[fit_idx], y[fit_idx], methods=tuple(methods), seed=seed)
+    chosen = select(probs[fit_idx], y[fit_idx], methods=tuple(methods), seed=seed)
+    calibrator = chosen.calibrator
     p_hold, y_hold = probs[hold_idx], y[hold_idx]
     calibrated = calibrator.transform(p_hold)
     before = summary(p_hold, y_hold, n_boot=n_boot, seed=seed)
@@ -81,5 +88,6 @@ def fit_and_evaluate(probs: np.ndarray, y: np.ndarray, methods: Sequence[str], h
     if target_error is not None:
         conf, correct = confidence_and_correct(calibrated, y_hold)
         risk = ltt_threshold(conf, correct, target_error, delta).to_dict()
-    return FitOutcome(calibrator, cv_nll, len(fit_idx), len(hold_idx), before, after, current_metrics,
-                      publish, reason, risk, hold_idx)
+    verdict = signal_report(probs, y, n_boot=n_boot, seed=seed)
+    return FitOutcome(calibrator, chosen.cv_nll, chosen.cv_se, chosen.table(), verdict, len(fit_idx), len(hold_idx),
+                      before, after, current_metrics, publish, reason, risk, hold_idx)

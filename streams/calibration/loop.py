@@ -151,7 +151,8 @@ class Refitter:
             return None
         record = calibrator_record(task.name, key.method, key.model, task.labels, outcome.calibrator,
                                    outcome.fit_size, outcome.heldout_size, outcome.metrics_before,
-                                   outcome.metrics_after, "refit", outcome.cv_nll, outcome.risk_control)
+                                   outcome.metrics_after, "refit", outcome.cv_nll, outcome.risk_control, outcome.cv_se,
+                                   outcome.signal.to_dict(task.labels))
         if outcome.current_metrics is not None:
             record["current_metrics"] = outcome.current_metrics
         await self.publish(Output("calibrators", key.topic_key(), orjson.dumps(record)))

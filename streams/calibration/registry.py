@@ -48,6 +48,7 @@ class Installed:
     calibrator: Calibrator
     threshold: float | None  # a feasible risk-controlled threshold for the task's target, if any
     fitted_at: str
+    signal: dict[str, Any] | None = None  # the record's signal verdict (streams/calibration/signal.py)
 
 
 class CalibratorRegistry:
@@ -63,11 +64,19 @@ class CalibratorRegistry:
         return found.calibrator if found is not None else self._identity
 
     def threshold(self, task: Task, method: str) -> float | None:
-        """The confidence needed for auto-accept; None when a risk-controlled task has no valid one yet."""
+        """The confidence needed for auto-accept; None (everything to review) when a risk-controlled task has no
+        valid one yet, or when the calibrator in force found no signal in the model's scores."""
+        found = self._installed.get(CalibratorKey(task.name, method, task.model.name))
+        if found is not None and found.signal is not None and found.signal.get("verdict", "signal") != "signal":
+            return None
         if task.target_error is None:
             return task.review_threshold
-        found = self._installed.get(CalibratorKey(task.name, method, task.model.name))
         return found.threshold if found is not None else None
+
+    def signals(self) -> dict[str, dict[str, Any]]:
+        """The signal verdict of every installed calibrator that carries one, by topic key (for the dashboard)."""
+        return {key.topic_key().decode(): found.signal for key, found in self._installed.items()
+                if found.signal is not None}
 
     def apply(self, record: dict[str, Any]) -> bool:
         """Install a calibrator record (from the calibrators topic); False when it is not for us."""
@@ -94,7 +103,12 @@ class CalibratorRegistry:
                 log.warning("calibrator %s has no feasible threshold for target error %s at %s; "
                             "task %s sends everything to review", record.get("version"), task.target_error,
                             task.failure_probability, task.name)
-        self._installed[key] = Installed(calibrator_from_record(record), threshold, fitted_at)
+        signal = record.get("signal")
+        if isinstance(signal, dict) and signal.get("verdict", "signal") != "signal":
+            log.warning("calibrator %s found no signal in %s's scores for task %s (%s): every item goes to review",
+                        record.get("version"), key.model, task.name, signal.get("verdict"))
+        self._installed[key] = Installed(calibrator_from_record(record), threshold, fitted_at,
+                                         signal if isinstance(signal, dict) else None)
         log.info("task %s (%s on %s) now uses calibrator %s (%s)", task.name, key.method, key.model,
                  record.get("version"), record.get("method"))
         return True

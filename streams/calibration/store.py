@@ -29,7 +29,8 @@ def new_version(task: str, method: str) -> str:
 def calibrator_record(task: str, method: str, model: str, labels: tuple[str, ...], calibrator: Calibrator,
                       fit_size: int, heldout_size: int, metrics_before: dict[str, Any], metrics_after: dict[str, Any],
                       source: str, cv_nll: dict[str, float] | None = None,
-                      risk_control: dict[str, Any] | None = None) -> dict[str, Any]:
+                      risk_control: dict[str, Any] | None = None, cv_se: dict[str, float] | None = None,
+                      signal: dict[str, Any] | None = None) -> dict[str, Any]:
     calibrator.version = new_version(task, calibrator.method)
     state = to_dict(calibrator)
     record: dict[str, Any] = {
@@ -51,8 +52,12 @@ def calibrator_record(task: str, method: str, model: str, labels: tuple[str, ...
     }
     if cv_nll is not None:
         record["cv_nll"] = cv_nll
+    if cv_se is not None:
+        record["cv_se"] = cv_se
     if risk_control is not None:
         record["risk_control"] = risk_control
+    if signal is not None:
+        record["signal"] = signal
     return record
 
 

@@ -253,7 +253,7 @@ def register(s: Services) -> None:
     class DashboardView(View):
         async def get(self, request: Request) -> Response:
             return self.html(pages.dashboard(tasks, metrics.traffic, history, drift_history, queue, loaded.is_set(),
-                                             viewer=viewer(request)))
+                                             viewer=viewer(request), signals=s.calibrators.signals()))
 
     def forbidden_task(who: Identity, task: str | None) -> str | None:
         if task and task in tasks and not who.may_answer(task):

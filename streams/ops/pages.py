@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import cast
 from urllib.parse import urlencode
 
 from streams.ops import plots
@@ -99,10 +100,30 @@ def _kpi(value: str, label: str, cls: str = "") -> str:
     return f'<div class="kpi {cls}"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
 
+def signal_banner(task: str, signals: Mapping[str, Mapping[str, object]]) -> str:
+    """The signal verdict of the task's calibrators (`streams/calibration/signal.py`); a warning when one has none."""
+    parts = []
+    for key, sig in sorted(signals.items()):
+        if not key.startswith(f"{task}/"):
+            continue
+        verdict = str(sig.get("verdict", "signal"))
+        lo, hi = cast(Sequence[float], sig.get("auroc_interval") or (0.0, 0.0))
+        text = (f"{escape(key.split('/', 1)[1])}: AUROC {float(cast(float, sig.get('auroc', 0.0))):.3f} "
+                f"[{lo:.3f}, {hi:.3f}], raw accuracy {float(cast(float, sig.get('accuracy', 0.0))):.1%} vs majority "
+                f"{float(cast(float, sig.get('majority_rate', 0.0))):.1%}: {escape(verdict)}")
+        if verdict != "signal":
+            text = (f"<strong>No signal</strong> — {text}. Every item goes to review; change the prompt, "
+                    "examples or model, then calibrate again.")
+        cls = "alert" if verdict != "signal" else "muted"
+        parts.append(f'<p class="signal {cls}" data-verdict="{escape(verdict)}">{text}</p>')
+    return "".join(parts)
+
+
 def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drift: DriftHistory,
               queue: ReviewQueue, loaded: bool, now: float | None = None, refresh_s: int = 10,
-              viewer: Viewer | None = None) -> str:
-    """Per task: throughput, review rate, audited accuracy, plots, drift against thresholds, queue."""
+              viewer: Viewer | None = None, signals: Mapping[str, Mapping[str, object]] | None = None) -> str:
+    """Per task: throughput, review rate, audited accuracy, plots, drift against thresholds, queue; and the
+    calibrators' signal verdicts (`signals`, by calibrator key, from `CalibratorRegistry.signals`)."""
     now = time.time() if now is None else now
     parts = [(f'<h1>llm-classify dashboard</h1><p class="muted">{time.strftime("%Y-%m-%d %H:%M:%S")} · '
               f'throughput, review rate and confidence are this worker\'s share; review queue, answers and drift '
@@ -149,7 +170,7 @@ def dashboard(tasks: TaskRegistry, traffic: TrafficStats, history: History, drif
         ]
         parts.append(f'<section class="task" data-task="{escape(name)}"><h2>{escape(name)} '
                      f'<span class="muted">{escape(task.model.name)} · labels {", ".join(map(escape, task.labels))}'
-                     f'</span></h2><div class="kpis">{"".join(kpis)}</div>'
+                     f'</span></h2>{signal_banner(name, signals or {})}<div class="kpis">{"".join(kpis)}</div>'
                      f'<div class="plots">{"".join(charts)}</div></section>')
     return _page("llm-classify dashboard", "".join(parts), refresh_s, viewer)
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 MODULES = [
-    "streams.calibration.calibrators",
+    "streams.calibration.calibrators.core",
+    "streams.calibration.calibrators.constant",
+    "streams.calibration.calibrators.platt",
+    "streams.calibration.calibrators.beta",
+    "streams.calibration.calibrators.dirichlet",
+    "streams.calibration.calibrators.selection",
+    "streams.calibration.signal",
     "streams.drift.summary",
     "streams.drift.divergence",
     "streams.drift.homogeneity",

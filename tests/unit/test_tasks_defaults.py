@@ -84,7 +84,7 @@ def test_method_names_come_from_their_modules() -> None:
     assert CONFIDENCE_METHODS is METHOD_NAMES
     t = only_task(MINIMAL + "[task.calibration]\nmethods = " + str(list(DEFAULT_METHODS)).replace("'", '"') + "\n")
     assert t.calibration.methods == DEFAULT_METHODS
-    problems = problems_of(MINIMAL + '[task.calibration]\nmethods = ["platt"]\n')
+    problems = problems_of(MINIMAL + '[task.calibration]\nmethods = ["no_such_method"]\n')
     assert any("calibration.methods" in p and str(list(DEFAULT_METHODS)) in p for p in problems), problems
 
 

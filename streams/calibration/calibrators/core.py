@@ -1,4 +1,4 @@
-"""Calibrators map raw label probabilities to calibrated ones. Pure numpy/scipy, no Kafka.
+"""The original calibrators and their shared helpers. Pure numpy/scipy, no Kafka.
 
 The classify path calls `transform` on one row of K probabilities per message, so every transform is
 a handful of numpy operations with the fitted parameters precomputed; fitting (on held-out reviewed
@@ -22,14 +22,13 @@ import numpy as np
 from scipy.optimize import isotonic_regression, minimize
 from scipy.special import log_softmax
 
-from streams.calibration.metrics import EPS, nll
+from streams.calibration.metrics import EPS
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_METHODS", "EPS", "METHODS", "Calibrator", "HistogramBinning", "IdentityCalibrator",
-    "IsotonicCalibrator", "LabelBiasCorrection", "NotFittedError", "TemperatureScaling", "VectorScaling",
-    "from_dict", "select_calibrator", "to_dict",
+    "EPS", "Calibrator", "HistogramBinning", "IdentityCalibrator", "IsotonicCalibrator", "LabelBiasCorrection",
+    "NotFittedError", "TemperatureScaling", "VectorScaling",
 ]
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -620,76 +619,3 @@ class LabelBiasCorrection(_FittedCalibrator):
     def from_params(cls, params: dict[str, Any]) -> Self:
         # Records published before `update` was removed also carry "decay"; it is ignored.
         return cls()._set(np.asarray(params["mean_p"]))
-
-
-# ------------------------------------------------------------------------- registry and selection
-
-METHODS: dict[str, type[Calibrator]] = {
-    cls.method: cls
-    for cls in (IdentityCalibrator, TemperatureScaling, VectorScaling, IsotonicCalibrator, HistogramBinning,
-                LabelBiasCorrection)
-}
-DEFAULT_METHODS: tuple[str, ...] = ("identity", "temperature", "vector", "isotonic", "histogram", "label_bias")
-
-
-def to_dict(cal: Calibrator) -> dict[str, Any]:
-    """{"method", "version", "n_classes", "params"}: JSON-ready, restored by from_dict."""
-    return {"method": cal.method, "version": cal.version, "n_classes": getattr(cal, "n_classes_", None),
-            "params": cal.params()}
-
-
-def from_dict(d: dict[str, Any]) -> Calibrator:
-    """Rebuild a fitted calibrator from to_dict's output (e.g. after JSON), keeping its version."""
-    try:
-        cls = METHODS[d["method"]]
-    except KeyError:
-        raise ValueError(f"unknown calibration method {d.get('method')!r}; known: {sorted(METHODS)}") from None
-    cal = cls.from_params(d.get("params", {}))
-    cal.version = str(d["version"])
-    declared = d.get("n_classes")
-    if declared is not None and getattr(cal, "n_classes_", None) not in (None, declared):
-        raise ValueError(f"n_classes {declared} does not match the params ({cal.n_classes_})")  # type: ignore[attr-defined]
-    return cal
-
-
-def _stratified_folds(labels: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold id per item: shuffle, group by label, deal round-robin, so every fold sees every label
-    in about its overall share (small labels would otherwise vanish from some folds)."""
-    shuffled = rng.permutation(len(labels))
-    order = shuffled[np.argsort(labels[shuffled], kind="stable")]
-    fold = np.empty(len(labels), dtype=np.intp)
-    fold[order] = np.arange(len(labels)) % folds
-    return fold
-
-
-def _cv_nll(cls: type[Calibrator], p: np.ndarray, y: np.ndarray, fold: np.ndarray, folds: int) -> float:
-    """NLL of out-of-fold predictions, pooled over all items."""
-    out = np.empty_like(p)
-    for f in range(folds):
-        test = fold == f
-        out[test] = cls().fit(p[~test], y[~test]).transform(p[test])
-    return nll(out, y)
-
-
-def select_calibrator(probs: np.ndarray, labels: np.ndarray, methods: Sequence[str] = DEFAULT_METHODS,
-                      folds: int = 5, seed: int = 0) -> tuple[Calibrator, dict[str, float]]:
-    """Pick the method with the lowest K-fold cross-validated NLL and refit it on all the data.
-
-    Everything here is the fit set; the caller keeps its test split away, so the reported
-    before/after metrics are not the ones the choice was made on. Ties go to the earlier (simpler)
-    method in `methods`. With fewer than 2 * folds items some folds would hold one item or none, and
-    the CV scores would be noise: the identity is returned with no scores ({}), and a warning logged.
-    """
-    p, y = _fit_inputs(probs, labels)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"unknown or no methods {unknown}; known: {sorted(METHODS)}")
-    if folds < 2:
-        raise ValueError(f"folds must be >= 2, got {folds}")
-    if len(y) < 2 * folds:
-        log.warning("select_calibrator: %d items < 2 * %d folds, keeping the identity", len(y), folds)
-        return IdentityCalibrator(), {}
-    fold = _stratified_folds(y, folds, np.random.default_rng(seed))
-    scores = {m: _cv_nll(METHODS[m], p, y, fold, folds) for m in methods}
-    best = min(methods, key=scores.__getitem__)
-    return METHODS[best]().fit(p, y), scores
