@@ -39,6 +39,14 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _HTTP = ("http://", "https://")
 TEXT_PLACEHOLDER = "{text}"
+#: Where a template wants the option list; without it the list goes into the system message, once per call.
+OPTIONS_PLACEHOLDER = "{options}"
+_PLACEHOLDERS = re.compile(re.escape(TEXT_PLACEHOLDER) + "|" + re.escape(OPTIONS_PLACEHOLDER))
+#: Option codes: each one token for common tokenizers (single letters and digits are in every vocabulary).
+CODE_SETS: dict[str, str] = {"letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "digits": "1234567890"}
+CODE_MODES = ("off", *CODE_SETS, "named")
+_CODE = re.compile(r"^[A-Za-z0-9]{1,4}$")
+MAX_DESCRIPTION_CHARS = 200
 DEFAULT_TEMPLATE = (
     "Classify the text between the markers. Answer with one label only.\n"
     "<<<TEXT\n{text}\nTEXT>>>\nLabel:"
@@ -53,6 +61,7 @@ LENGTH_NORMALIZATIONS = NORMALIZATIONS
 class Example:
     text: str
     label: str
+    answer: str = ""  # what the assistant turn says: the label's code when the task uses codes, else the label
 
 
 @dataclass(frozen=True)
@@ -60,19 +69,24 @@ class Prompt:
     system: str = ""
     template: str = DEFAULT_TEMPLATE
     examples: tuple[Example, ...] = ()
+    options: str = ""  # the option list (codes and/or descriptions), rendered once by `option_list`
 
     def render(self, text: str) -> str:
-        # str.replace, not str.format: braces in user text must stay literal.
-        return self.template.replace(TEXT_PLACEHOLDER, text)
+        # One pass, not str.format: braces in user text and descriptions must stay literal.
+        values = {TEXT_PLACEHOLDER: text, OPTIONS_PLACEHOLDER: self.options}
+        return _PLACEHOLDERS.sub(lambda m: values[m.group(0)], self.template)
 
     def messages(self, text: str) -> list[dict[str, str]]:
         """Chat messages: system, few-shot turns, then the item; the user text stays inside the template."""
         msgs: list[dict[str, str]] = []
-        if self.system:
-            msgs.append({"role": "system", "content": self.system})
+        system = self.system
+        if self.options and OPTIONS_PLACEHOLDER not in self.template:
+            system = f"{system}\n\n{self.options}" if system else self.options
+        if system:
+            msgs.append({"role": "system", "content": system})
         for ex in self.examples:
             msgs.append({"role": "user", "content": self.render(ex.text)})
-            msgs.append({"role": "assistant", "content": ex.label})
+            msgs.append({"role": "assistant", "content": ex.answer or ex.label})
         msgs.append({"role": "user", "content": self.render(text)})
         return msgs
 
@@ -166,6 +180,12 @@ class Task:
     labels: tuple[str, ...]
     prompt: Prompt
     model: ModelEndpoint
+    #: One per label ("" for none) when any label has a description; shown in the prompt's option list.
+    descriptions: tuple[str, ...] = ()
+    #: One per label when the model answers with option codes; () when it answers with the label names.
+    codes: tuple[str, ...] = ()
+    #: Run first-token scoring even though some answers share a first token (their mass is dropped).
+    accept_first_token_collisions: bool = False
     review_threshold: float = 0.8
     min_label_mass: float = 0.5
     #: Risk-controlled routing: target error rate on auto-accepted items, and the probability that
@@ -176,6 +196,25 @@ class Task:
     calibration: CalibrationPolicy = field(default_factory=CalibrationPolicy)
     drift: DriftPolicy = field(default_factory=DriftPolicy)
     confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """What the model answers for each label (same order): its code, or the label itself. Every
+        confidence method maps answers (tokens or text) to labels through these, so results name labels."""
+        return self.codes or self.labels
+
+
+def option_list(labels: tuple[str, ...], codes: tuple[str, ...], descriptions: tuple[str, ...]) -> str:
+    """The options as the prompt shows them: "A) name: description" per label with codes, "- name: description"
+    with descriptions only, nothing otherwise (the template names the labels itself)."""
+    if not codes and not any(descriptions):
+        return ""
+    lines = ["Options (answer with the code only):" if codes else "Labels:"]
+    for i, label in enumerate(labels):
+        head = f"{codes[i]}) {label}" if codes else f"- {label}"
+        desc = descriptions[i] if descriptions else ""
+        lines.append(f"{head}: {desc}" if desc else head)
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -291,8 +330,8 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
     name = r.string("name", required=True)
     if name and not _NAME.match(name):
         r.problem("name", f"{name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    labels = _parse_labels(r)
-    prompt = _parse_prompt(r.table_at("prompt"), labels)
+    labels, descriptions, codes = _parse_labels(r)
+    prompt = _parse_prompt(r.table_at("prompt"), labels, codes, descriptions)
     model = _parse_model(r.table_at("model", required=True), env)
     routing = _parse_routing(r.table_at("routing"))
     calibration = _parse_calibration(r.table_at("calibration"))
@@ -300,37 +339,93 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
     confidence = _parse_confidence(r.table_at("confidence"), model, env)
     if not name or not labels:
         return None
-    return Task(name=name, labels=labels, prompt=prompt, model=model, calibration=calibration, drift=drift,
+    accept = r._get("accept_first_token_collisions", bool, "boolean",
+                    _default(Task, "accept_first_token_collisions"), False)
+    return Task(name=name, labels=labels, prompt=prompt, model=model, descriptions=descriptions, codes=codes,
+                accept_first_token_collisions=accept, calibration=calibration, drift=drift,
                 confidence=confidence, **routing)
 
 
-def _parse_labels(r: _Reader) -> tuple[str, ...]:
-    """`labels`: at least two non-empty strings that differ ignoring case and do not prefix one another."""
-    raw = r.list_at("labels", required=True, kind_name="list of strings")
+def _parse_labels(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """`labels` (names, or tables with name, description, code) and `codes`: (labels, descriptions, codes).
+
+    Labels differ ignoring case. Without codes they must not prefix one another (no first token, and no
+    whole-label score, could tell them apart); with codes only the codes are answered, so only codes must
+    be prefix-free.
+    """
+    raw = r.list_at("labels", required=True, kind_name="list of strings or tables")
     labels: list[str] = []
-    for i, label in enumerate(raw):
-        if not isinstance(label, str) or not label.strip():
-            r.problem(f"labels[{i}]", "must be a non-empty string")
-        else:
+    descriptions: list[str] = []
+    named: list[str] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict):
+            lr = _Reader(item, f"{r.path}.labels[{i}]", r.problems)
+            label, desc, code = lr.string("name", required=True), lr.string("description"), lr.string("code")
+            if "\n" in desc or len(desc) > MAX_DESCRIPTION_CHARS:
+                lr.problem("description", f"one line of at most {MAX_DESCRIPTION_CHARS} characters")
+            if code and not _CODE.match(code):
+                lr.problem("code", f"{code!r}: use 1-4 letters or digits, so it stays one or two tokens")
+            if not label.strip():
+                continue
             labels.append(label)
+            descriptions.append(desc)
+            named.append(code)
+        elif isinstance(item, str) and item.strip():
+            labels.append(item)
+            descriptions.append("")
+            named.append("")
+        else:
+            r.problem(f"labels[{i}]", "must be a non-empty string or a table with name (and description, code)")
     if raw and len(labels) < 2:
         r.problem("labels", "a task needs at least two labels")
     folded = [lbl.strip().casefold() for lbl in labels]
     if len(set(folded)) != len(folded):
         r.problem("labels", "labels must differ ignoring case and surrounding spaces")
+    mode = r.choice("codes", "named" if any(named) else "off", CODE_MODES)
+    codes: tuple[str, ...] = ()
+    if mode in CODE_SETS:
+        if any(named):
+            r.problem("codes", f"{mode!r} assigns the codes; remove the labels' own `code` or use codes = \"named\"")
+        elif len(labels) > len(CODE_SETS[mode]):
+            r.problem("codes", f"{mode!r} gives at most {len(CODE_SETS[mode])} codes for {len(labels)} labels; "
+                               "name the codes (a `code` per label)")
+        else:
+            codes = tuple(CODE_SETS[mode][: len(labels)])
+    elif mode == "named":
+        if not all(named):
+            r.problem("codes", "codes = \"named\" needs a `code` on every label")
+        else:
+            codes = tuple(named)
+            _prefix_free(r, "codes", codes, "codes")
+    elif any(named):
+        r.problem("codes", "labels name codes but codes = \"off\"; remove them or set codes = \"named\"")
+    if not codes:
+        _prefix_free(r, "labels", tuple(labels), "rename one, or answer with option codes (codes = \"letters\")")
+    return tuple(labels), tuple(descriptions) if any(descriptions) else (), codes
+
+
+def _prefix_free(r: _Reader, key: str, answers: tuple[str, ...], fix: str) -> None:
+    """What the model answers must differ and not prefix one another (ignoring case), or no score can tell
+    two apart."""
+    folded = [a.strip().casefold() for a in answers]
     for i, a in enumerate(folded):
         for b in folded[i + 1:]:
-            if a != b and (a.startswith(b) or b.startswith(a)):
-                r.problem("labels", f"{a!r} and {b!r} share a prefix, so a first token cannot tell them apart; "
-                                    "rename one")
-    return tuple(labels)
+            if a == b and key == "codes":
+                r.problem(key, f"{a!r} is used twice; codes must differ ignoring case")
+            elif a != b and (a.startswith(b) or b.startswith(a)):
+                r.problem(key, f"{a!r} and {b!r} share a prefix, so a first token cannot tell them apart; {fix}")
 
 
-def _parse_prompt(pr: _Reader, labels: tuple[str, ...]) -> Prompt:
-    """[task.prompt]: template (with {text} once), few-shot examples labelled with the task's labels, system."""
+def _parse_prompt(pr: _Reader, labels: tuple[str, ...], codes: tuple[str, ...],
+                  descriptions: tuple[str, ...]) -> Prompt:
+    """[task.prompt]: template (with {text} once, {options} at most once), few-shot examples labelled with the
+    task's labels (answered with their codes when the task uses codes), system."""
     template = pr.string("template", _default(Prompt, "template"))
     if template.count(TEXT_PLACEHOLDER) != 1:
         pr.problem("template", "must contain the placeholder {text} exactly once")
+    if template.count(OPTIONS_PLACEHOLDER) > 1:
+        pr.problem("template", "may contain the placeholder {options} at most once")
+    answer_of = dict(zip(labels, codes, strict=True)) if codes else {}
     examples: list[Example] = []
     for i, ex in enumerate(pr.list_at("examples")):
         if not isinstance(ex, dict):
@@ -340,9 +435,9 @@ def _parse_prompt(pr: _Reader, labels: tuple[str, ...]) -> Prompt:
         text, label = er.string("text", required=True), er.string("label", required=True)
         if label and labels and label not in labels:
             er.problem("label", f"{label!r} is not one of the task's labels {list(labels)}")
-        examples.append(Example(text=text, label=label))
+        examples.append(Example(text=text, label=label, answer=answer_of.get(label, "")))
     return Prompt(system=pr.string("system", _default(Prompt, "system")), template=template,
-                  examples=tuple(examples))
+                  examples=tuple(examples), options=option_list(labels, codes, descriptions))
 
 
 def _parse_model(mr: _Reader, env: Mapping[str, str]) -> ModelEndpoint:

@@ -19,6 +19,7 @@ from streams.classify import agents as classify_agents
 from streams.classify.model_client import ModelClient
 from streams.classify.service import Classifier
 from streams.classify.stall import AgentProgress
+from streams.confidence.collisions import refuse_collisions
 from streams.drift import agents as drift_agents
 from streams.drift.monitor import DriftAccumulator
 from streams.ops import agents as ops_agents
@@ -71,7 +72,9 @@ def build_services(settings: Settings, tasks: TaskRegistry) -> Services:
 def build_worker(env: Mapping[str, str] | None = None) -> ClassifyApp:
     """Settings and tasks validated (ConfigError names what to fix), services built, every agent registered."""
     settings = Settings.from_env(env)
-    services = build_services(settings, load_tasks(settings.tasks_file, env))
+    tasks = load_tasks(settings.tasks_file, env)
+    refuse_collisions(tasks)  # before any traffic: colliding answers would go to review one by one
+    services = build_services(settings, tasks)
     quiet_http_logs()
     count_retries(services.metrics)
     for module in (classify_agents, calibration_agents, drift_agents, ops_agents):

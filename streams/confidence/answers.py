@@ -4,6 +4,8 @@ Sampled answers (self-consistency) and verbalised answers are text, not tokens. 
 label when, after folding case, markup and punctuation, it starts with exactly one label, or else
 names exactly one label as a whole word and does not negate it ("not fresh"). Anything else maps to
 no label: guessing between two named labels would invent agreement that the model did not show.
+Callers pass the task's answers (`Task.answers`: option codes such as "B", or the label names), so "B)"
+and "Answer: B" map to the label coded B.
 """
 
 from __future__ import annotations

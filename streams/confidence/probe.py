@@ -14,6 +14,9 @@ ignore `temperature`, `seed` or `n`. The probe asks, through the same `ModelClie
   holds)
 - `n`, `max_n`: `n` = 8, 4, 2 in turn: the first that returns that many choices is `max_n` (1 when none does)
 
+It also reports, per task, the labels whose answers share a first token
+(`streams/confidence/collisions.py`) and exits 2 for a task the worker would refuse at start.
+
 About ten calls per endpoint. Results are cached per (base URL, model): in the worker's memory for
 `ttl_s` (re-probed after that, and a failed probe is retried after `retry_s`), and on disk for the
 `python -m streams probe` command, which prints them (`--refresh` probes again).
@@ -35,10 +38,11 @@ import orjson
 
 from streams.classify.model_client import ChatSample, ModelClient
 from streams.confidence.capabilities import Capabilities
+from streams.confidence.collisions import collision_problems, collisions
 from streams.confidence.methods import choose_method, task_endpoints
 from streams.errors import ConfigError, ModelError
 from streams.settings import Settings
-from streams.tasks import ModelEndpoint, load_tasks
+from streams.tasks import ModelEndpoint, TaskRegistry, load_tasks
 
 PROBE_PROMPTS = ("Is the sky blue on a clear day? Answer yes or no.", "Name a colour:")
 ALPHABET = "A B C D E F G H I J K L M N O P Q R S T U V W X"
@@ -255,14 +259,21 @@ def main(argv: list[str]) -> int:
     choices = {}
     for task in chosen_tasks:
         method, why = choose_method(task, lambda ep: found.get(f"{ep.base_url} {ep.name}"))
-        choices[task.name] = {"methods": list(task.confidence.methods), "chosen": method, "why": why}
+        groups, how = collisions(task)
+        choices[task.name] = {"methods": list(task.confidence.methods), "chosen": method, "why": why,
+                              "first_token_collisions": [list(g) for g in groups], "collisions_by": how}
+    refused = collision_problems(TaskRegistry({t.name: t for t in chosen_tasks}, registry.source))
     if args.json:
         print(orjson.dumps({"endpoints": {k: v.to_json() for k, v in found.items()}, "tasks": choices},
                            option=orjson.OPT_INDENT_2).decode())
-        return 0
-    for caps in found.values():
-        print(render(caps))
-    for name, c in choices.items():
-        print(f"task {name}: methods {c['methods']} -> {c['chosen']} ({c['why']})")
-    print(f"(cached in {path})")
-    return 0
+    else:
+        for caps in found.values():
+            print(render(caps))
+        for name, c in choices.items():
+            print(f"task {name}: methods {c['methods']} -> {c['chosen']} ({c['why']})")
+            for group in c["first_token_collisions"]:
+                print(f"  answers sharing a first token ({c['collisions_by']}): {', '.join(group)}")
+        print(f"(cached in {path})")
+    for problem in refused:  # the worker would refuse these tasks at start (streams/confidence/collisions.py)
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if refused else 0

@@ -104,12 +104,20 @@ def parse_confidence(text: str) -> float | None:
     return None
 
 
+def _without_answer(line: str, answer: str) -> str:
+    """The line with the stated answer cut out, so an option code such as "1" is not read as a probability."""
+    t = fold(line)
+    m = re.search(r"(?<!\w)" + re.escape(fold(answer)) + r"(?!\w)", t)
+    return t[: m.start()] + t[m.end():] if m else t
+
+
 def parse(text: str, labels: Sequence[str]) -> Verbalized:
     k = len(labels)
     label = answer_label(text, labels)
-    conf = parse_confidence(first_line(text))
+    line = first_line(text)
     if label < 0:
-        return Verbalized(-1, conf, None)
+        return Verbalized(-1, parse_confidence(line), None)
+    conf = parse_confidence(_without_answer(line, labels[label]))
     c = conf if conf is not None else 1.0 / k + UNPARSED_MARGIN
     probs = np.full(k, (1.0 - c) / (k - 1))
     probs[label] = c

@@ -4,6 +4,8 @@ It answers `POST /v1/chat/completions` instantly (or after a configured latency)
 fixed, known logprob distribution, so benchmarks measure the worker rather than a model, and tests can
 provoke latency, rate limiting (HTTP 429), missing logprobs and chosen labels (`[[label=NAME]]` in the last
 user message). A call whose text holds `[[hang]]` is never answered: a server stuck on one request.
+When the prompt lists options with codes (the "Options" block `streams.tasks.option_list` renders), it answers
+with the codes: a label's mass, and a `[[label=NAME]]` marker, go to that label's code tokens instead.
 The demo uses the real local model (`serve-model`), never this.
 
 Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`; latency is fixed plus
@@ -34,6 +36,9 @@ import orjson
 from aiohttp import web
 
 MARKER = re.compile(r"\[\[label=([^\]]+)\]\]")
+#: The option list a task with codes puts in its prompt ("Options (...):" then "CODE) name[: description]").
+OPTIONS_HEADER = re.compile(r"^Options\b.*:$", re.MULTILINE)
+OPTION_LINE = re.compile(r"^([A-Za-z0-9]{1,4})\) (.+?)(?:: .*)?$")
 HANG = "[[hang]]"
 # Where the mass not given to labels goes: tokens a real model emits when it drifts off the label set.
 FILLERS: tuple[tuple[str, float], ...] = (("the", 0.5), ("<", 0.3), ("\n", 0.2))
@@ -86,8 +91,13 @@ class SyntheticConfig:
             return rng.expovariate(1 / mean) / 1000
         return max(0.0, mean + rng.uniform(-spread, spread)) / 1000
 
-    def distribution(self, forced: str | None = None) -> list[tuple[str, float]]:
-        """Token probabilities, most likely first; a forced label (even one outside `labels`) gets `force_prob`."""
+    def distribution(self, forced: str | None = None, codes: dict[str, str] | None = None) -> list[tuple[str, float]]:
+        """Token probabilities, most likely first; a forced label (even one outside `labels`) gets `force_prob`.
+        With `codes` (label -> code, from the prompt's option list) each listed label is answered by its code."""
+        if codes:
+            labels = [codes.get(label, label) for label in self.labels]
+            remapped = SyntheticConfig(labels, list(self.label_probs), force_prob=self.force_prob)
+            return remapped.distribution(codes.get(forced, forced) if forced is not None else None)
         if forced is None:
             weights = dict(zip(self.labels, self.label_probs, strict=True))
         else:
@@ -114,6 +124,22 @@ def _last_user_text(messages: Any) -> str:
                 return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
             return str(content or "")
     return ""
+
+
+def option_codes(messages: Any) -> dict[str, str]:
+    """label -> code from the option list in any message (system or user); empty when the prompt has none."""
+    codes: dict[str, str] = {}
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        header = OPTIONS_HEADER.search(content) if isinstance(content, str) else None
+        if header is None or not isinstance(content, str):
+            continue
+        for line in content[header.end():].splitlines()[1:]:
+            m = OPTION_LINE.match(line.strip())
+            if m is None:
+                break
+            codes[m.group(2)] = m.group(1)
+    return codes
 
 
 def bearer_sha256(authorization: str | None) -> str:
@@ -223,7 +249,7 @@ class SyntheticModelServer:
             if HANG in text:
                 await asyncio.Event().wait()  # until the server stops
             marker = MARKER.search(text)
-            ranked = cfg.distribution(marker.group(1) if marker else None)
+            ranked = cfg.distribution(marker.group(1) if marker else None, option_codes(body.get("messages")))
             response = self._completion(body, ranked, len(text.split()))
             self._requests += 1
             return _json(response)

@@ -31,6 +31,6 @@ class FirstToken:
                            completion_tokens=reply.completion_tokens, latency_ms=reply.latency_ms,
                            chosen_logprob=reply.chosen_logprob)
         if reply.top_logprobs is not None:
-            s = label_scores(reply.top_logprobs, self.matcher(task.labels))
+            s = label_scores(reply.top_logprobs, self.matcher(task.answers))
             res.raw, res.label_mass, res.reason = s.probabilities, s.label_mass, None
         return res

@@ -47,7 +47,7 @@ class SelfConsistency:
             for r, size in zip(replies, sizes, strict=True):
                 res.add_cost(r)
                 for answer in r.texts[:size]:
-                    tally.add(answer_label(answer, task.labels))
+                    tally.add(answer_label(answer, task.answers))
             d = sc.decide(tally.counts, rule)
             if d.stop:
                 break

@@ -37,7 +37,7 @@ class SequenceScores:
                 tops[prefix] = s.top_logprobs
             return tops[prefix]
 
-        paths = seq.start_paths(task.labels)
+        paths = seq.start_paths(task.answers)
         first = await top_at("")
         if not first:
             return res

@@ -17,13 +17,13 @@ class Verbalized:
 
     async def run(self, call: Call, task: Task, text: str, request_id: str) -> MethodResult:
         pol = task.confidence
-        msgs = verb.messages(task.prompt.messages(text), task.labels,
+        msgs = verb.messages(task.prompt.messages(text), task.answers,
                              pol.verbalized_instruction or verb.DEFAULT_INSTRUCTION)
         s = await call.client.chat(task.model, msgs, max_tokens=pol.verbalized_max_tokens, temperature=0.0,
                                    task=task.name)
         res = MethodResult(self.name, None, 0.0, "ambiguous")
         res.add_cost(s)
-        v = verb.parse(s.texts[0], task.labels)
+        v = verb.parse(s.texts[0], task.answers)
         if v.probabilities is not None:
             res.raw, res.label_mass, res.reason = v.probabilities, 1.0, None
         return res
