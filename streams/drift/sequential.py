@@ -53,10 +53,16 @@ def references(baseline: WindowSummary, labels: Sequence[str]) -> dict[str, tupl
     for i, label in enumerate(shares):
         p = (float(baseline.label_counts[i]) + 0.5) / (baseline.n + 1.0)
         out[f"label_share[{label}]"] = (p, math.sqrt(p * (1 - p)))
-    out["entropy_mean"] = (baseline.entropy_mean, baseline.entropy_std)
+    # A spread is never taken below the summary's resolution (Sheppard's w^2 / 12 for bins of width w):
+    # a baseline whose values all sit in one bin has a variance of float rounding error, and dividing a
+    # window's equal mean by it would read rounding noise as a shift of many standard deviations.
+    def floor(hist: np.ndarray) -> float:
+        return 1.0 / (12.0 * hist.shape[0] ** 2)
+
+    out["entropy_mean"] = (baseline.entropy_mean, math.sqrt(baseline.entropy_std ** 2 + floor(baseline.entropy_hist)))
     mid, hist = _midpoints(baseline.confidence_hist.shape[0]), baseline.confidence_hist
     mean = float(hist @ mid) / baseline.n
-    out["confidence_mean"] = (mean, math.sqrt(max(float(hist @ (mid - mean) ** 2) / baseline.n, 0.0)))
+    out["confidence_mean"] = (mean, math.sqrt(max(float(hist @ (mid - mean) ** 2) / baseline.n, 0.0) + floor(hist)))
     return out
 
 

@@ -149,3 +149,24 @@ def test_the_backtest_command_prints_one_line_per_episode(tmp_path: Path) -> Non
     assert "leading-20-windows" in lines[0]
     assert len(lines) == 2 and lines[1].startswith("episode 1: opened window ")
     assert "cusum on label_share[pos] down" in lines[1] and "still open" in lines[1]
+
+
+def test_constant_confidence_and_entropy_raise_nothing() -> None:
+    """A model whose answers all carry one confidence and one entropy (the synthetic model's forced label):
+    the baseline's spread is float rounding error, which must not turn equal windows into alarms."""
+    import numpy as np
+
+    from streams.drift.sequential import SequentialDrift
+    from streams.drift.summary import WindowSummary
+
+    def window(n: int, seed: int) -> WindowSummary:
+        rng = np.random.default_rng(seed)
+        s = WindowSummary.empty(2)
+        s.add_many((rng.random(n) >= 0.8).astype(int), np.full(n, 0.974), np.full(n, 0.172), np.ones(n),
+                   np.zeros(n))
+        return s
+
+    # A large baseline, as the CUSUMs' false-alarm bound assumes (its mean's error within `margin` errors).
+    seq = SequentialDrift(["fresh", "rotten"], window(50_000, 0), "b", arl0=1000.0, shift=0.05)
+    fired = [f.signal for t in range(200) for f in seq.update(window(300, t + 1), start=2.0 * t)]
+    assert fired == []
