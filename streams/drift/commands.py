@@ -31,6 +31,7 @@ from streams.classify.model_client import ModelClient
 from streams.drift.canaries import canary_samples
 from streams.drift.canary_stats import canary_baseline
 from streams.drift.monitor import BINS, Baseline, iso
+from streams.drift.sequential import min_baseline_messages
 from streams.drift.summary import WindowSummary
 from streams.drift.windows import TaskDrift
 from streams.errors import ConfigError
@@ -265,6 +266,13 @@ def main(argv: list[str]) -> int:
         asyncio.run(publish(settings, baseline.to_record()))
         print(f"published baseline {baseline.ref()} to {settings.topic('baselines')}"
               + (f" with {len(task.drift.canaries)} canary prompt(s)" if baseline.canaries else ""))
+        needed = min_baseline_messages(task.drift.sequential_shift)
+        if baseline.traffic is not None and baseline.traffic.n < needed:
+            print(f"warning: the baseline holds {baseline.traffic.n} messages; the sequential detectors' "
+                  f"false-alarm bound needs about {needed} (drift.sequential_shift = "
+                  f"{task.drift.sequential_shift:g}). With fewer, the baseline's own error can read as a slow "
+                  "drift after long enough: take a longer period (--last-seconds) or raise "
+                  "drift.sequential_shift.", file=sys.stderr)
         return 0
     statuses: dict[str, dict[str, Any]] = {}
     for _, _, rec in asyncio.run(read_logical(settings, "drift_status")):

@@ -33,6 +33,19 @@ from streams.drift.cusum import MeanShiftCusum, cusum_threshold
 from streams.drift.summary import WindowSummary
 
 
+def min_baseline_messages(shift: float) -> int:
+    """Messages a baseline needs for its own error to stay small next to the CUSUMs' reference shift.
+
+    A baseline of N messages misplaces each signal's mean by about 1/sqrt(N) standard deviations, and
+    every window inherits that error; a CUSUM only ignores a persistent offset below `shift` / 2. Four
+    standard errors under that (a 1-in-30,000 event per signal) needs N >= (8 / shift)^2.
+
+    >>> min_baseline_messages(0.05)
+    25600
+    """
+    return math.ceil((8.0 / shift) ** 2)
+
+
 def _midpoints(bins: int) -> np.ndarray:
     return (np.arange(bins) + 0.5) / bins
 
