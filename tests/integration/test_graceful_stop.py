@@ -8,9 +8,19 @@ from collections import Counter
 from pathlib import Path
 
 from streams.localdev.broker import EmbeddedBroker
-from streams.localdev.processes import free_port
+from streams.localdev.processes import ChildProcess, free_port
 from tests.integration.harness import SyntheticModel, Worker, collect, produce, run, wait_ready, write_tasks
 from tests.integration.test_crash import _requests
+
+
+def _sigterm(proc: ChildProcess) -> tuple[int, float]:
+    """SIGTERM the worker (not its process group: as Kubernetes signals PID 1); its exit code and seconds taken."""
+    assert proc.proc is not None
+    started = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    code = proc.proc.wait(timeout=60)
+    return code, time.monotonic() - started
+
 
 #: What docs/RELIABILITY.md claims: the model calls open at the endpoint when SIGTERM arrives.
 CLAIMED_IN_FLIGHT_AT_SIGTERM = 40
@@ -34,11 +44,7 @@ def test_sigterm_with_64_calls_in_flight_loses_and_duplicates_nothing(broker: Em
             while in_flight < CLAIMED_IN_FLIGHT_AT_SIGTERM and time.monotonic() < deadline:
                 time.sleep(0.01)
                 in_flight = model.stats()["in_flight"]
-            assert first.proc is not None
-            started = time.monotonic()
-            first.proc.send_signal(signal.SIGTERM)
-            code = first.proc.wait(timeout=60)
-            took = time.monotonic() - started
+            code, took = _sigterm(first)
         finally:
             first.kill()
         served_by_first = model.stats()["requests"]
@@ -75,11 +81,7 @@ def test_sigterm_hands_back_calls_that_outlast_the_grace_period(broker: Embedded
         first = wait_ready(worker.process().start())
         try:
             first.wait_until(lambda: stuck.stats()["in_flight"] >= window, timeout_s=60)
-            assert first.proc is not None
-            started = time.monotonic()
-            first.proc.send_signal(signal.SIGTERM)
-            code = first.proc.wait(timeout=60)
-            took = time.monotonic() - started
+            code, took = _sigterm(first)
         finally:
             first.kill()
     log = first.log_path.read_text(errors="replace")
