@@ -9,7 +9,11 @@ with the codes: a label's mass, and a `[[label=NAME]]` marker, go to that label'
 The demo uses the real local model (`serve-model`), never this.
 
 Run it with `python -m streams synthetic-model --latency-ms 50 --max-concurrency 64`; latency is fixed plus
-uniform jitter by default, or `--latency-dist lognormal|exponential` (mean `--latency-ms`).
+uniform jitter by default, or `--latency-dist lognormal|exponential` (mean `--latency-ms`). Two modes stand
+in for what bounds a real deployment (`streams.localdev.serving_limits`): `--slots N`, a self-hosted server
+decoding N requests at once with the rest queued (`POST /control {"slots": M}` changes N mid-run), and
+`--rpm R --tpm T`, a hosted API's per-minute budgets, answered with 429 + Retry-After when exceeded and
+OpenAI's `x-ratelimit-*` headers on every answer.
 
 `GET /stats` also counts the bearer tokens the completions calls carried, by SHA-256 only (`bearer_sha256`;
 "none" for a call without one), so a test can prove a key reached the endpoint without the key being stored.
@@ -35,6 +39,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from streams.localdev.serving_limits import Budget, Slots, duration
+
 MARKER = re.compile(r"\[\[label=([^\]]+)\]\]")
 #: The option list a task with codes puts in its prompt ("Options (...):" then "CODE) name[: description]").
 OPTIONS_HEADER = re.compile(r"^Options\b.*:$", re.MULTILINE)
@@ -59,6 +65,11 @@ class SyntheticConfig:
     #: latency_jitter_ms (a long right tail, like a real serving stack); "exponential": mean latency_ms.
     latency_dist: str = "uniform"
     max_concurrency: int = 0  # 0 = unlimited; beyond it requests get HTTP 429
+    #: Capacity mode: decoding slots (0 = unlimited). Requests beyond them queue, as on vLLM or llama.cpp.
+    slots: int = 0
+    #: Rate-limited mode: requests and tokens per minute (0 = no limit), as a hosted API meters them.
+    rpm: float = 0.0
+    tpm: float = 0.0
     logprobs: bool = True  # False mimics providers that drop logprobs: the response has `logprobs: null`
     seed: int | None = None
     force_prob: float = 0.95  # probability of the label named by a `[[label=NAME]]` marker
@@ -74,8 +85,8 @@ class SyntheticConfig:
             problems.append("label_probs must be non-negative and sum to at most 1")
         if not 0 < self.force_prob <= 1:
             problems.append("force_prob must be in (0, 1]")
-        if self.latency_ms < 0 or self.latency_jitter_ms < 0 or self.max_concurrency < 0:
-            problems.append("latency_ms, latency_jitter_ms and max_concurrency must be >= 0")
+        if min(self.latency_ms, self.latency_jitter_ms, self.max_concurrency, self.slots, self.rpm, self.tpm) < 0:
+            problems.append("latency_ms, latency_jitter_ms, max_concurrency, slots, rpm and tpm must be >= 0")
         if self.latency_dist not in LATENCY_DISTS:
             problems.append(f"latency_dist must be one of {', '.join(LATENCY_DISTS)}")
         if problems:
@@ -174,6 +185,10 @@ class SyntheticModelServer:
         self._runner: web.AppRunner | None = None
         self._requests = self._rejected = self._in_flight = self._max_in_flight = 0
         self._bearers: Counter[str] = Counter()  # SHA-256 of each bearer token seen -> calls; never the token
+        self._slots = Slots(self.config.slots) if self.config.slots else None
+        self._budgets = {kind: Budget(limit) for kind, limit in (("requests", self.config.rpm),
+                                                                 ("tokens", self.config.tpm)) if limit}
+        self._rate_limited = 0
 
     @property
     def base_url(self) -> str:
@@ -187,6 +202,10 @@ class SyntheticModelServer:
             "rejected": self._rejected,
             "in_flight": self._in_flight,
             "max_in_flight_seen": self._max_in_flight,
+            "slots": self._slots.capacity if self._slots else 0,
+            "queued": self._slots.queued if self._slots else 0,
+            "max_queued_seen": self._slots.max_queued if self._slots else 0,
+            "rate_limited": self._rate_limited,
             "bearer_sha256": dict(self._bearers),
         }
 
@@ -195,6 +214,7 @@ class SyntheticModelServer:
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
+        app.router.add_post("/control", self._control)
         app.router.add_get("/health", self._health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -217,6 +237,37 @@ class SyntheticModelServer:
 
     async def _stats(self, _: web.Request) -> web.Response:
         return _json(self.stats())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """`{"slots": N}`: change the decoding slots mid-run (capacity mode only), as a benchmark needs."""
+        body = orjson.loads(await request.read() or b"{}")
+        slots = body.get("slots") if isinstance(body, dict) else None
+        if self._slots is None or not isinstance(slots, int) or slots < 1:
+            return _error(400, "invalid_request_error", "send {\"slots\": N >= 1} to a server started with --slots")
+        self._slots.resize(slots)
+        return _json({"slots": slots})
+
+    def _ratelimit_headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers for each metered budget."""
+        headers = {}
+        for kind, budget in self._budgets.items():
+            headers[f"x-ratelimit-limit-{kind}"] = str(int(budget.limit))
+            headers[f"x-ratelimit-remaining-{kind}"] = str(budget.remaining())
+            headers[f"x-ratelimit-reset-{kind}"] = duration(budget.reset_s())
+        return headers
+
+    def _over_budget(self, tokens: int) -> web.Response | None:
+        """A 429 with Retry-After when a budget cannot take this call now; else take it and return None."""
+        need = {"requests": 1, "tokens": tokens}
+        wait = max((b.wait_s(need[kind]) for kind, b in self._budgets.items()), default=0.0)
+        if wait > 0:
+            self._rate_limited += 1
+            headers = self._ratelimit_headers() | {"Retry-After": str(max(1, math.ceil(wait))),
+                                                   "retry-after-ms": str(math.ceil(wait * 1000))}
+            return _error(429, "rate_limit_exceeded", f"rate limit reached: retry in {wait:.2f} s", headers)
+        for kind, budget in self._budgets.items():
+            budget.take(need[kind])
+        return None
 
     async def _health(self, _: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -242,17 +293,28 @@ class SyntheticModelServer:
                 return _error(400, "invalid_request_error", "body must be a JSON object")
             if body.get("stream"):
                 return _error(400, "invalid_request_error", "streaming is not supported")
-            delay = cfg.latency_s(self._rng)
-            if delay > 0:
-                await asyncio.sleep(delay)
             text = _last_user_text(body.get("messages"))
-            if HANG in text:
-                await asyncio.Event().wait()  # until the server stops
+            prompt_tokens = len(text.split())
+            if self._budgets:  # metered as OpenAI does: the prompt plus the completion tokens asked for
+                refused = self._over_budget(prompt_tokens + int(body.get("max_tokens") or 16))
+                if refused is not None:
+                    return refused
+            if self._slots is not None:
+                await self._slots.acquire()
+            try:
+                delay = cfg.latency_s(self._rng)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if HANG in text:
+                    await asyncio.Event().wait()  # until the server stops
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
             marker = MARKER.search(text)
             ranked = cfg.distribution(marker.group(1) if marker else None, option_codes(body.get("messages")))
-            response = self._completion(body, ranked, len(text.split()))
+            response = self._completion(body, ranked, prompt_tokens)
             self._requests += 1
-            return _json(response)
+            return _json(response, headers=self._ratelimit_headers() or None)
         finally:
             self._in_flight -= 1
 
@@ -292,6 +354,10 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
                         help="uniform: +/- this; lognormal: the standard deviation")
     parser.add_argument("--latency-dist", choices=LATENCY_DISTS, default="uniform")
     parser.add_argument("--max-concurrency", type=int, default=0, help="0 = unlimited; beyond it answer 429")
+    parser.add_argument("--slots", type=int, default=0,
+                        help="capacity mode: decoding slots; requests beyond them queue (0 = unlimited)")
+    parser.add_argument("--rpm", type=float, default=0.0, help="rate-limited mode: requests per minute (0 = none)")
+    parser.add_argument("--tpm", type=float, default=0.0, help="rate-limited mode: tokens per minute (0 = none)")
     parser.add_argument("--no-logprobs", action="store_true", help="answer `logprobs: null`")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
@@ -300,6 +366,9 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
         latency_jitter_ms=args.latency_jitter_ms,
         latency_dist=args.latency_dist,
         max_concurrency=args.max_concurrency,
+        slots=args.slots,
+        rpm=args.rpm,
+        tpm=args.tpm,
         logprobs=not args.no_logprobs,
         seed=args.seed,
     )

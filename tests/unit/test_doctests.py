@@ -30,6 +30,8 @@ MODULES = [
     "streams.drift.sequential",
     "streams.drift.episodes",
     "streams.drift.canary_stats",
+    "streams.classify.stall",
+    "streams.localdev.serving_limits",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,6 +11,7 @@ import aiohttp
 import openai
 import pytest
 
+from streams.localdev.serving_limits import Slots
 from streams.localdev.synthetic_model import SyntheticConfig, SyntheticModelServer, main
 
 
@@ -139,3 +140,77 @@ def test_latency_distributions_have_the_configured_mean_and_spread() -> None:
         assert min(draws) >= 0
     with pytest.raises(ValueError, match="latency_dist"):
         SyntheticConfig(latency_dist="normal")
+
+
+def test_capacity_mode_queues_beyond_its_slots_and_can_shrink_mid_run() -> None:
+    """--slots: never more than N calls in service, the rest wait (no error), and /control resizes N."""
+    async def run() -> tuple[list[Any], dict[str, Any], list[Any], dict[str, Any]]:
+        cfg = SyntheticConfig(latency_ms=50, slots=3)
+        async with SyntheticModelServer(cfg) as server, _client(server, max_retries=0) as client:
+            first = await asyncio.gather(*(_ask(client) for _ in range(12)))
+            stats = server.stats()
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"http://{server.host}:{server.port}/control", json={"slots": 1}) as resp:
+                assert resp.status == 200
+            second = await asyncio.gather(*(_ask(client) for _ in range(4)))
+            return first, stats, second, server.stats()
+
+    first, stats, second, after = asyncio.run(run())
+    assert all(r.choices[0].message.content == "fresh" for r in first + second)
+    assert stats["max_queued_seen"] >= 8, stats  # 12 at once with 3 slots: 9 waited
+    assert stats["rejected"] == 0 and after["slots"] == 1 and after["queued"] == 0
+
+
+def test_slots_never_hold_more_than_their_capacity() -> None:
+    async def run() -> int:
+        slots, peak = Slots(2), 0
+
+        async def hold() -> None:
+            nonlocal peak
+            await slots.acquire()
+            peak = max(peak, slots.busy)
+            await asyncio.sleep(0.01)
+            slots.release()
+
+        await asyncio.gather(*(hold() for _ in range(10)))
+        return peak
+
+    assert asyncio.run(run()) == 2
+
+
+def test_rate_limited_mode_answers_429_with_retry_after_and_openai_headers() -> None:
+    """--rpm/--tpm: a burst up to the budget passes, the next call gets 429 + Retry-After, every answer carries
+    x-ratelimit-* headers with the remaining budget."""
+    async def run() -> list[tuple[int, dict[str, str]]]:
+        async with SyntheticModelServer(SyntheticConfig(rpm=5, tpm=10_000)) as server:
+            out = []
+            async with aiohttp.ClientSession() as http:
+                for _ in range(6):
+                    async with http.post(f"{server.base_url}/chat/completions",
+                                         json={"model": "synthetic", "max_tokens": 1,
+                                               "messages": [{"role": "user", "content": "one two three"}]}) as resp:
+                        out.append((resp.status, dict(resp.headers)))
+            assert server.stats()["rate_limited"] == 1
+            return out
+
+    answers = asyncio.run(run())
+    assert [status for status, _ in answers] == [200] * 5 + [429]
+    assert [h["x-ratelimit-remaining-requests"] for _, h in answers[:5]] == ["4", "3", "2", "1", "0"]
+    assert answers[0][1]["x-ratelimit-limit-tokens"] == "10000"
+    assert answers[0][1]["x-ratelimit-remaining-tokens"] == str(10_000 - 4)  # 3 prompt words + 1 token asked
+    refused = answers[5][1]
+    assert int(refused["Retry-After"]) >= 1 and 0 < int(refused["retry-after-ms"]) <= 12_000  # 5/min: 12 s each
+
+
+def test_a_token_budget_refuses_what_it_cannot_hold() -> None:
+    async def run() -> list[int]:
+        async with SyntheticModelServer(SyntheticConfig(tpm=20)) as server, aiohttp.ClientSession() as http:
+            statuses = []
+            for _ in range(3):  # 9 words + 1 token = 10 tokens a call: two fit, the third waits for the bucket
+                async with http.post(f"{server.base_url}/chat/completions",
+                                     json={"model": "synthetic", "max_tokens": 1, "messages": [
+                                         {"role": "user", "content": "a b c d e f g h i"}]}) as resp:
+                    statuses.append(resp.status)
+            return statuses
+
+    assert asyncio.run(run()) == [200, 200, 429]

@@ -1,0 +1,142 @@
+"""How real model servers limit work, for the synthetic model: decoding slots and per-minute budgets.
+
+- `Slots`: a self-hosted server (vLLM, llama.cpp) decodes a fixed number of sequences at once; requests
+  beyond that wait in its queue, so latency is queueing plus service time, never an error. The number
+  can change while it runs (a replica lost, a smaller batch size), as benchmarks need to show.
+- `Budget`: a hosted API meters requests and tokens per minute; over budget it answers 429 with
+  `Retry-After`, and every answer carries OpenAI's `x-ratelimit-*` headers. A token bucket that refills
+  continuously at the per-minute rate, as OpenAI describes its limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+
+
+class Slots:
+    """At most `capacity` holders at once; the others wait in arrival order. `capacity` may change any time.
+
+    Examples
+    --------
+    >>> async def demo():
+    ...     slots = Slots(1)
+    ...     await slots.acquire()
+    ...     waiter = asyncio.ensure_future(slots.acquire())
+    ...     await asyncio.sleep(0)
+    ...     queued = slots.queued
+    ...     slots.resize(2)  # room for the waiter now
+    ...     await waiter
+    ...     return queued, slots.busy
+    >>> asyncio.run(demo())
+    (1, 2)
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.busy = 0
+        self.max_queued = 0  # the longest queue seen
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return sum(not w.done() for w in self._waiters)
+
+    async def acquire(self) -> None:
+        if self.busy < self.capacity and not self._waiters:
+            self.busy += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.max_queued = max(self.max_queued, self.queued)
+        try:
+            await waiter  # `_wake` counted us in `busy` before waking us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # woken and cancelled at once: hand the slot on
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def resize(self, capacity: int) -> None:
+        """New capacity; holders beyond it finish their work, and no one new starts until busy < capacity."""
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.busy < self.capacity:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.busy += 1
+                waiter.set_result(None)
+
+
+class Budget:
+    """A per-minute budget as a token bucket: full at start, refilled at `per_minute / 60` a second.
+
+    Examples
+    --------
+    >>> b = Budget(60, now=0.0)  # 60 a minute: one a second, a burst of 60
+    >>> b.wait_s(60, now=0.0), b.take(60, now=0.0), b.wait_s(1, now=0.0)
+    (0.0, None, 1.0)
+    >>> b.remaining(now=0.5), b.reset_s(now=0.5)
+    (0, 59.5)
+    """
+
+    def __init__(self, per_minute: float, now: float | None = None) -> None:
+        if per_minute <= 0:
+            raise ValueError("per_minute must be > 0")
+        self.limit = per_minute
+        self._rate = per_minute / 60.0
+        self._level = float(per_minute)
+        self._t = time.monotonic() if now is None else now
+
+    def _refill(self, now: float | None) -> float:
+        now = time.monotonic() if now is None else now
+        self._level = min(self.limit, self._level + (now - self._t) * self._rate)
+        self._t = now
+        return now
+
+    def wait_s(self, amount: float, now: float | None = None) -> float:
+        """Seconds until `amount` fits (0 when it fits now; an amount over the limit never fits: inf)."""
+        self._refill(now)
+        if amount > self.limit:
+            return math.inf
+        return max(0.0, (amount - self._level) / self._rate)
+
+    def take(self, amount: float, now: float | None = None) -> None:
+        self._refill(now)
+        self._level -= amount
+
+    def remaining(self, now: float | None = None) -> int:
+        self._refill(now)
+        return max(0, math.floor(self._level))
+
+    def reset_s(self, now: float | None = None) -> float:
+        """Seconds until the bucket is full again (OpenAI's `x-ratelimit-reset-*`)."""
+        self._refill(now)
+        return (self.limit - self._level) / self._rate
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: "1m30s", "2.5s", "20ms".
+
+    >>> duration(90.0), duration(2.5), duration(0.02)
+    ('1m30s', '2.5s', '20ms')
+    """
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60.0)
+    tail = f"{rest:.3g}s" if rest else ""
+    return f"{int(minutes)}m{tail}" if minutes else tail
