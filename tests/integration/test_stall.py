@@ -32,8 +32,8 @@ def _stalled(port: int) -> set[int]:
 
 def test_stall_alarm_stays_quiet_through_a_backlog_and_fires_for_a_stuck_partition(broker: EmbeddedBroker,
                                                                                      workdir: Path) -> None:
-    n = 400
-    # 4 calls of 400 ms at once: 10 requests/s, so the backlog lasts about 40 s, four times AFTER_S.
+    n = 300
+    # 4 calls of 400 ms at once: 10 requests/s, so the backlog lasts about 30 s, three times AFTER_S.
     with SyntheticModel(workdir, "--latency-ms", "400") as model:
         worker = Worker(broker.bootstrap, write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic"),
                         workdir, partitions=4, max_in_flight=4,
