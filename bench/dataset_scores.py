@@ -28,7 +28,7 @@ from streams.tasks import Task, load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = REPO / "bench" / "scores"
-DEFAULT_N = {"rotten_tomatoes": 600, "first_names": 800, "fortunes": 300}
+DEFAULT_N = {"rotten_tomatoes": 600, "first_names": 800, "fortunes": 150}
 SEED = 101
 KEEP = ("id", "label", "label_mass", "raw_probabilities", "error")
 
