@@ -11,11 +11,12 @@ live with the parsing, one function per section of `[[task]]`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -47,6 +48,9 @@ CODE_SETS: dict[str, str] = {"letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 
 CODE_MODES = ("off", *CODE_SETS, "named")
 _CODE = re.compile(r"^[A-Za-z0-9]{1,4}$")
 MAX_DESCRIPTION_CHARS = 200
+#: "shuffled": each request lists the options in an order drawn from its id (`Task.for_request`), so the bias a
+#: small model has for the first (or last) listed option spreads over the labels instead of favouring one.
+OPTION_ORDERS = ("fixed", "shuffled")
 DEFAULT_TEMPLATE = (
     "Classify the text between the markers. Answer with one label only.\n"
     "<<<TEXT\n{text}\nTEXT>>>\nLabel:"
@@ -70,6 +74,7 @@ class Prompt:
     template: str = DEFAULT_TEMPLATE
     examples: tuple[Example, ...] = ()
     options: str = ""  # the option list (codes and/or descriptions), rendered once by `option_list`
+    option_order: str = "fixed"  # or "shuffled": per request, by `Task.for_request`
 
     def render(self, text: str) -> str:
         # One pass, not str.format: braces in user text and descriptions must stay literal.
@@ -184,6 +189,9 @@ class Task:
     descriptions: tuple[str, ...] = ()
     #: One per label when the model answers with option codes; () when it answers with the label names.
     codes: tuple[str, ...] = ()
+    #: Letter and digit codes name list positions, so a shuffled list re-assigns them (the first listed option is
+    #: always "A"); named codes belong to their labels and move with them.
+    positional_codes: bool = False
     #: Run first-token scoring even though some answers share a first token (their mass is dropped).
     accept_first_token_collisions: bool = False
     review_threshold: float = 0.8
@@ -202,6 +210,41 @@ class Task:
         """What the model answers for each label (same order): its code, or the label itself. Every
         confidence method maps answers (tokens or text) to labels through these, so results name labels."""
         return self.codes or self.labels
+
+    def for_request(self, request_id: str) -> Task:
+        """The task as the request `request_id` sees it: itself, or with `option_order = "shuffled"` its options
+        listed in an order drawn from the id, positional codes re-assigned in that order and the few-shot answers
+        with them. Labels keep their order, so probabilities and records index labels as always, and every method
+        maps answers to labels through the returned task's `answers`. A function of the id alone: a replayed
+        request gets the same prompt, hence the same result. The returned task's order is already drawn (fixed),
+        so applying this twice (an ensemble's members) changes nothing."""
+        if self.prompt.option_order != "shuffled":
+            return self
+        order = shuffled_order(request_id, len(self.labels))
+        codes = self.codes
+        if self.positional_codes:
+            by_label = [""] * len(order)
+            for position, label in enumerate(order):
+                by_label[label] = self.codes[position]
+            codes = tuple(by_label)
+        options = option_list(tuple(self.labels[i] for i in order), tuple(codes[i] for i in order) if codes else (),
+                              tuple(self.descriptions[i] for i in order) if self.descriptions else ())
+        prompt = replace(self.prompt, options=options, option_order="fixed",
+                         examples=answered(self.prompt.examples, self.labels, codes))
+        return replace(self, codes=codes, prompt=prompt)
+
+
+def shuffled_order(request_id: str, k: int) -> tuple[int, ...]:
+    """A permutation of range(k) drawn from the request id: positions sorted by a keyed hash (BLAKE2b), so it is
+    the same on every worker, Python version and replay, and uniform over permutations."""
+    return tuple(sorted(range(k), key=lambda i: hashlib.blake2b(f"{request_id}/{i}".encode(),
+                                                                   digest_size=8).digest()))
+
+
+def answered(examples: tuple[Example, ...], labels: tuple[str, ...], codes: tuple[str, ...]) -> tuple[Example, ...]:
+    """Few-shot examples whose assistant turns answer with their label's code (with the label when no codes)."""
+    answer_of = dict(zip(labels, codes, strict=True)) if codes else {}
+    return tuple(replace(ex, answer=answer_of.get(ex.label, "")) for ex in examples)
 
 
 def option_list(labels: tuple[str, ...], codes: tuple[str, ...], descriptions: tuple[str, ...]) -> str:
@@ -330,7 +373,7 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
     name = r.string("name", required=True)
     if name and not _NAME.match(name):
         r.problem("name", f"{name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    labels, descriptions, codes = _parse_labels(r)
+    labels, descriptions, codes, positional = _parse_labels(r)
     prompt = _parse_prompt(r.table_at("prompt"), labels, codes, descriptions)
     model = _parse_model(r.table_at("model", required=True), env)
     routing = _parse_routing(r.table_at("routing"))
@@ -342,12 +385,13 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
     accept = r._get("accept_first_token_collisions", bool, "boolean",
                     _default(Task, "accept_first_token_collisions"), False)
     return Task(name=name, labels=labels, prompt=prompt, model=model, descriptions=descriptions, codes=codes,
-                accept_first_token_collisions=accept, calibration=calibration, drift=drift,
+                positional_codes=positional, accept_first_token_collisions=accept, calibration=calibration, drift=drift,
                 confidence=confidence, **routing)
 
 
-def _parse_labels(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """`labels` (names, or tables with name, description, code) and `codes`: (labels, descriptions, codes).
+def _parse_labels(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], bool]:
+    """`labels` (names, or tables with name, description, code) and `codes`: (labels, descriptions, codes,
+    whether the codes are positional, i.e. letters or digits).
 
     Labels differ ignoring case. Without codes they must not prefix one another (no first token, and no
     whole-label score, could tell them apart); with codes only the codes are answered, so only codes must
@@ -401,7 +445,7 @@ def _parse_labels(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
         r.problem("codes", "labels name codes but codes = \"off\"; remove them or set codes = \"named\"")
     if not codes:
         _prefix_free(r, "labels", tuple(labels), "rename one, or answer with option codes (codes = \"letters\")")
-    return tuple(labels), tuple(descriptions) if any(descriptions) else (), codes
+    return tuple(labels), tuple(descriptions) if any(descriptions) else (), codes, bool(codes) and mode in CODE_SETS
 
 
 def _prefix_free(r: _Reader, key: str, answers: tuple[str, ...], fix: str) -> None:
@@ -419,13 +463,17 @@ def _prefix_free(r: _Reader, key: str, answers: tuple[str, ...], fix: str) -> No
 def _parse_prompt(pr: _Reader, labels: tuple[str, ...], codes: tuple[str, ...],
                   descriptions: tuple[str, ...]) -> Prompt:
     """[task.prompt]: template (with {text} once, {options} at most once), few-shot examples labelled with the
-    task's labels (answered with their codes when the task uses codes), system."""
+    task's labels (answered with their codes when the task uses codes), system, and the option order (shuffling
+    needs an option list, i.e. codes or descriptions)."""
     template = pr.string("template", _default(Prompt, "template"))
     if template.count(TEXT_PLACEHOLDER) != 1:
         pr.problem("template", "must contain the placeholder {text} exactly once")
     if template.count(OPTIONS_PLACEHOLDER) > 1:
         pr.problem("template", "may contain the placeholder {options} at most once")
-    answer_of = dict(zip(labels, codes, strict=True)) if codes else {}
+    option_order = pr.choice("option_order", _default(Prompt, "option_order"), OPTION_ORDERS)
+    if option_order == "shuffled" and not codes and not any(descriptions):
+        pr.problem("option_order", "\"shuffled\" reorders the option list, and this task shows none; "
+                                   "give the labels codes or descriptions")
     examples: list[Example] = []
     for i, ex in enumerate(pr.list_at("examples")):
         if not isinstance(ex, dict):
@@ -435,9 +483,10 @@ def _parse_prompt(pr: _Reader, labels: tuple[str, ...], codes: tuple[str, ...],
         text, label = er.string("text", required=True), er.string("label", required=True)
         if label and labels and label not in labels:
             er.problem("label", f"{label!r} is not one of the task's labels {list(labels)}")
-        examples.append(Example(text=text, label=label, answer=answer_of.get(label, "")))
+        examples.append(Example(text=text, label=label))
     return Prompt(system=pr.string("system", _default(Prompt, "system")), template=template,
-                  examples=tuple(examples), options=option_list(labels, codes, descriptions))
+                  examples=answered(tuple(examples), labels, codes), options=option_list(labels, codes, descriptions),
+                  option_order=option_order)
 
 
 def _parse_model(mr: _Reader, env: Mapping[str, str]) -> ModelEndpoint:

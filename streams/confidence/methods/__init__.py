@@ -73,8 +73,10 @@ class MethodRunner:
 
     async def run(self, task: Task, method: str, text: str, request_id: str, caps_of: CapsOf = no_caps,
                   calibrate: Calibrate | None = None) -> MethodResult:
-        """Raises ModelError (from the client) when the endpoint fails after retries."""
+        """Raises ModelError (from the client) when the endpoint fails after retries. The method runs on the task as
+        this request sees it (`Task.for_request`: its option order and codes), the one place that is decided."""
         impl = METHODS.get(method)
         if impl is None:
             raise ValueError(f"unknown confidence method {method!r}; one of {list(METHODS)}")
-        return await impl.run(Call(self.client, self, caps_of, calibrate), task, text, request_id)
+        return await impl.run(Call(self.client, self, caps_of, calibrate), task.for_request(request_id), text,
+                              request_id)
