@@ -58,7 +58,7 @@ clean:
 # fetch gigabytes of CUDA wheels. [local] is there to score the Rotten Tomatoes snippets with the local
 # model when bench/rt_scores.py has no cached scores yet (about 25 minutes on 2 cores, once).
 # calibration_datasets.py (issue 19: three data sets, 20 splits, against netcal and the base rate) reads
-# the scores committed in bench/scores/ and takes a minute or two.
+# the scores committed in bench/scores/ and takes 3-4 minutes.
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 TORCH ?= torch==2.13.0
