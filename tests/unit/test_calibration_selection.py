@@ -103,11 +103,11 @@ def test_beta_fixes_an_asymmetric_distortion_that_platt_cannot() -> None:
 # ------------------------------------------------------------------------------ K = 3, 10, 50
 
 
-@pytest.mark.parametrize("k", [3, 10, 50])
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in BINARY_ONLY])
+# Dirichlet at K = 50 has 2,550 parameters: selection tries it only from 25,500 fit items on (the next test
+# checks it is skipped below that), and a fit that size is too slow for a unit test, so it is not listed here.
+@pytest.mark.parametrize(("k", "method"), [(k, m) for k in (3, 10, 50) for m in METHODS
+                                           if m not in BINARY_ONLY and (m, k) != ("dirichlet", 50)])
 def test_every_calibrator_fits_and_transforms_at_many_labels(k: int, method: str) -> None:
-    if method == "dirichlet" and k == 50:
-        pytest.skip("2550 parameters: selection tries it from 25,500 items on; too slow a fit for a unit test")
     probs, y = tempered(40 * k, k, 2.0, seed=k)
     cal = METHODS[method]().fit(probs, y)
     out = cal.transform(probs[:7])
