@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = re.compile(r"^\s*>>> ", re.MULTILINE)
 
 
-    "streams.classify.stall",
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
