@@ -244,3 +244,11 @@ def test_a_no_signal_record_sends_everything_to_review_and_reaches_the_dashboard
     html = signal_banner("t", signals)
     assert "No signal" in html and "review" in html and 'data-verdict="no_signal"' in html
     assert signal_banner("other", signals) == ""
+
+
+def test_the_base_rate_floor_is_fitted_however_few_the_items() -> None:
+    """10 labels and 100 items: too few for the floor's own 10-items-per-parameter rule, yet it is the floor
+    every method is judged against, so selection must fit it rather than fail looking it up."""
+    probs, y = tempered(100, 10, 2.0, seed=7)
+    chosen = select(probs, y)
+    assert "constant" not in chosen.skipped and "constant" in chosen.cv_nll

@@ -118,7 +118,8 @@ def select(probs: np.ndarray, labels: np.ndarray, methods: Sequence[str] = DEFAU
     fit_n = n - n // folds
     fold = _stratified_folds(y, folds, np.random.default_rng(seed))
     candidates = list(dict.fromkeys([*methods, FLOOR]))
-    skipped = {m: why for m in candidates if (why := unsuitable(m, k, fit_n)) is not None}
+    # The floor is always fitted: it is what every method is judged against, however few the items.
+    skipped = {m: why for m in candidates if m != FLOOR and (why := unsuitable(m, k, fit_n)) is not None}
     losses = {m: _cv_losses(METHODS[m], p, y, fold, folds) for m in candidates if m not in skipped}
     mean = {m: float(v.mean()) for m, v in losses.items()}
     se = {m: float(v.std(ddof=1) / np.sqrt(n)) for m, v in losses.items()}
