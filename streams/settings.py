@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from streams.errors import ConfigError
 from streams.ops.auth import ReviewersError, is_loopback_host, parse_networks, read_reviewers
+from streams.ops.cost import TokenPrice
 
 _BROKER_URL = re.compile(r"^kafka://[^:/;\s]+:\d{1,5}$")
 _REFERENCE = re.compile(r"\{([A-Z0-9_]+)\}")
@@ -206,25 +207,34 @@ class SecretFile:
 
 @dataclass(frozen=True)
 class TokenPrices:
-    """`MODEL=PROMPT:COMPLETION,...` in USD per million tokens -> {model: (prompt, completion)}."""
+    """`MODEL=PROMPT:COMPLETION[:CACHED],...` in USD per million tokens -> {model: TokenPrice}.
+
+    CACHED prices the prompt tokens the server reused from its prompt cache; without it they cost the
+    uncached prompt price (`TokenPrice.of` says why). A cached price above the prompt price is refused:
+    no provider bills a cache read above its input price, so it is a typo (the two swapped)."""
 
     @property
     def valid(self) -> str:
-        return "`MODEL=PROMPT:COMPLETION`, comma-separated (USD per million tokens)"
+        return "`MODEL=PROMPT:COMPLETION[:CACHED]`, comma-separated (USD per million tokens)"
 
-    def __call__(self, name: str, text: str) -> dict[str, tuple[float, float]]:
-        prices: dict[str, tuple[float, float]] = {}
+    def __call__(self, name: str, text: str) -> dict[str, TokenPrice]:
+        prices: dict[str, TokenPrice] = {}
         problems: list[str] = []
         for part in filter(None, (p.strip() for p in text.split(","))):
-            model, _, pair = part.rpartition("=")
-            prompt, _, completion = pair.partition(":")
+            model, _, spec = part.rpartition("=")
+            fields = spec.split(":")
             try:
-                price = (float(prompt), float(completion))
+                numbers = [float(f) for f in fields] if len(fields) in (2, 3) else []
             except ValueError:
-                price = (-1.0, -1.0)
-            if not model or not 0 <= price[0] < 1e6 or not 0 <= price[1] < 1e6:
-                problems.append(f"{name} entry {part!r} must look like MODEL=PROMPT:COMPLETION "
-                                "(USD per million tokens, e.g. gpt-4o-mini=0.15:0.6)")
+                numbers = []
+            if not model or not numbers or not all(0 <= v < 1e6 for v in numbers):
+                problems.append(f"{name} entry {part!r} must look like MODEL=PROMPT:COMPLETION[:CACHED] "
+                                "(USD per million tokens, e.g. gpt-4o-mini=0.15:0.6:0.075)")
+                continue
+            price = TokenPrice.of(*numbers)
+            if price.cached > price.prompt:
+                problems.append(f"{name} entry {part!r}: the cached prompt price {price.cached:g} is above the "
+                                f"prompt price {price.prompt:g}; give MODEL=PROMPT:COMPLETION:CACHED")
                 continue
             prices[model] = price
         if problems:
@@ -362,7 +372,11 @@ VARIABLES: tuple[Var, ...] = (
         "partitions of the topics the worker creates at start"),
     Var("STREAMS_REPLICATION", "replication", "1", Integer(1, 16), "replication factor of the topics it creates"),
     Var("STREAMS_TASKS_FILE", "tasks_file", "config/tasks.toml", PathValue(), "the task file"),
-    Var("STREAMS_MAX_IN_FLIGHT", "max_in_flight", "64", Integer(1, 100_000), "model calls in flight per worker"),
+    Var("STREAMS_MAX_IN_FLIGHT", "max_in_flight", "64", Integer(1, 100_000),
+        "requests a worker handles at once, and the most model calls it keeps in flight per endpoint; within "
+        "that, the endpoint's limit adapts to its latency and 429s (`llm_classify_model_concurrency_limit`)"),
+    Var("STREAMS_MIN_IN_FLIGHT", "min_in_flight", "1", Integer(1, 100_000),
+        "the floor of each endpoint's adaptive in-flight limit; equal to STREAMS_MAX_IN_FLIGHT, a fixed limit"),
     Var("STREAMS_MAX_TEXT_CHARS", "max_text_chars", "20000", Integer(1, 10_000_000),
         "longer texts are dead-lettered (`text_too_long`)"),
     Var("STREAMS_DEADLETTER_EXCERPT_BYTES", "deadletter_excerpt_bytes", "4096", Integer(0, 1_000_000),
@@ -427,7 +441,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_ALERT_WEBHOOK_URL", "alert_webhook_url", "",
         Text("must start with http:// or https://", _is_http_url, optional=True),
         "receives review-queue and drift alerts (JSON POST, retried)"),
-    Var("STREAMS_TOKEN_PRICES", "token_prices", "", TokenPrices(), "token prices by model, for the cost metric"),
+    Var("STREAMS_TOKEN_PRICES", "token_prices", "", TokenPrices(),
+        "token prices by model, for the cost metric; CACHED prices prompt tokens served from the server's prompt "
+        "cache (default: the prompt price)"),
     Var("STREAMS_OTLP_ENDPOINT", "otlp_endpoint", "",
         Text("must start with http:// or https://", _is_http_url, optional=True),
         "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (empty = no spans recorded)"),
@@ -470,6 +486,7 @@ class Settings:
     replication: int
     tasks_file: Path
     max_in_flight: int
+    min_in_flight: int
     max_text_chars: int
     deadletter_excerpt_bytes: int
     model_timeout_s: float
@@ -501,7 +518,7 @@ class Settings:
     review_alert_depth: int
     review_alert_age_s: float
     alert_webhook_url: str | None
-    token_prices: dict[str, tuple[float, float]]  # model -> USD per million prompt, completion tokens
+    token_prices: dict[str, TokenPrice]  # model -> USD per million prompt, completion, cached prompt tokens
     otlp_endpoint: str | None
 
     def topic(self, logical: str) -> str:
@@ -567,6 +584,10 @@ def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             others = "".join(f" ({v.name} is not set either)" for v in group[1:])
             who = values[needs.on] if needs else "the service"
             problems.append(f"{first.name} is not set{others}; {who} needs {first.required}")
+    low, high = values["STREAMS_MIN_IN_FLIGHT"], values["STREAMS_MAX_IN_FLIGHT"]
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        problems.append(f"STREAMS_MIN_IN_FLIGHT={low} is above STREAMS_MAX_IN_FLIGHT={high}; the adaptive limit "
+                        "lives between them (set them equal for a fixed limit)")
     if _is_set(env, "STREAMS_SSL_KEYFILE") and not _is_set(env, "STREAMS_SSL_CERTFILE"):
         problems.append("STREAMS_SSL_KEYFILE is set without STREAMS_SSL_CERTFILE; a client key needs its certificate")
     host = values["STREAMS_WEB_HOST"]

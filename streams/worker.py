@@ -57,7 +57,9 @@ def build_services(settings: Settings, tasks: TaskRegistry) -> Services:
     metrics = ServiceMetrics(settings.token_prices)
     tracing = Tracing.from_endpoint(settings.otlp_endpoint, settings.app_id)
     app.tracing = tracing
-    model = ModelClient(settings.model_timeout_s, settings.model_max_retries, observer=metrics, tracing=tracing)
+    model = ModelClient(settings.model_timeout_s, settings.model_max_retries, observer=metrics, tracing=tracing,
+                        max_in_flight=settings.max_in_flight, min_in_flight=settings.min_in_flight)
+    metrics.state.gates = model.gates  # the same dict: endpoints appear as their first call is made
     calibrators = CalibratorRegistry(tasks)
     accumulator = DriftAccumulator(tasks)
     classifier = Classifier(tasks, model, settings.max_text_chars, settings.deadletter_excerpt_bytes,

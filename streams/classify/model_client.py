@@ -27,6 +27,11 @@ the inside out:
 
 `ModelClient.breakers` maps each endpoint's base URL to its breaker, for metrics (`snapshot()`).
 
+**How many calls each endpoint gets at once is adapted** (`streams.classify.concurrency`): a gate per
+endpoint admits at most its `AdaptiveLimit`, between `min_in_flight` and `max_in_flight`, learnt from each
+HTTP exchange's latency and overload answers (429, 408, 5xx, timeouts); calls beyond it wait in the worker,
+where waiting costs no call timeout and no server queue. `ModelClient.gates` maps base URLs to gates.
+
 **Every call is observed here** (`CallObserver`: the worker's Prometheus metrics): calls in flight,
 time per call (retries and circuit waits included), errors by kind, tokens. Measured where calls are
 made, so every confidence method's calls count, samples and continuations included, and canary and
@@ -49,6 +54,7 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from streams.classify.circuit import HALF_OPEN, CircuitBreaker
+from streams.classify.concurrency import OVERLOAD, AdaptiveLimit, ConcurrencyGate
 from streams.errors import ModelError
 from streams.ops.tracing import Tracing
 from streams.tasks import ModelEndpoint, Task
@@ -67,6 +73,8 @@ class ModelReply:
     completion_tokens: int
     latency_ms: float
     model: str
+    #: Prompt tokens the server reused from its prefix cache (part of prompt_tokens); 0 when it reports none.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +87,17 @@ class ChatSample:
     completion_tokens: int
     latency_ms: float
     model: str
+    cached_tokens: int = 0  # prompt tokens served from the server's prefix cache (as ModelReply)
 
 
 class CallObserver(Protocol):
-    """Told about every model call; `task` is the task the call serves ("" for probes)."""
+    """Told about every model call; `task` is the task the call serves ("" for probes). `cached_tokens` is the
+    part of `prompt_tokens` the server reused from its prefix cache, priced apart in the cost estimate."""
 
     def call_started(self, task: str) -> None: ...
 
     def call_finished(self, task: str, model: str, seconds: float, error: str | None,
-                      prompt_tokens: int, completion_tokens: int) -> None: ...
+                      prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None: ...
 
 
 class _Trouble(Exception):
@@ -116,8 +126,11 @@ class ModelClient:
         circuit_poll_s: float = CIRCUIT_POLL_S,
         observer: CallObserver | None = None,
         tracing: Tracing | None = None,
+        max_in_flight: int = 64,
+        min_in_flight: int = 1,
     ) -> None:
         self._timeout_s = timeout_s
+        self._in_flight_bounds = (min_in_flight, max_in_flight)
         self._max_retries = max_retries
         self._breaker_factory = breaker_factory or _default_breaker
         self._bad_response_backoff_s = bad_response_backoff_s
@@ -128,6 +141,8 @@ class ModelClient:
         self._probe_clients: dict[tuple[str, str | None], openai.AsyncOpenAI] = {}
         #: One breaker per endpoint base URL; `snapshot()` of each is JSON-able, for metrics.
         self.breakers: dict[str, CircuitBreaker] = {}
+        #: One concurrency gate per endpoint base URL (its `limit.limit` is exported as a gauge).
+        self.gates: dict[str, ConcurrencyGate] = {}
 
     def _client(self, endpoint: ModelEndpoint, probe: bool = False) -> openai.AsyncOpenAI:
         key = (endpoint.base_url, endpoint.api_key_env)
@@ -154,6 +169,13 @@ class ModelClient:
         if breaker is None:
             breaker = self.breakers[endpoint.base_url] = self._breaker_factory()
         return breaker
+
+    def gate(self, endpoint: ModelEndpoint) -> ConcurrencyGate:
+        gate = self.gates.get(endpoint.base_url)
+        if gate is None:
+            low, high = self._in_flight_bounds
+            gate = self.gates[endpoint.base_url] = ConcurrencyGate(AdaptiveLimit(low, high, initial=min(8, high)))
+        return gate
 
     async def _admit(self, breaker: CircuitBreaker, deadline: float, last: ModelError | None) -> bool:
         """Wait until the breaker lets a call through; True when it is a half-open probe."""
@@ -235,7 +257,8 @@ class ModelClient:
         finally:
             observer.call_finished(task, endpoint.name, time.perf_counter() - started, error,
                                    reply.prompt_tokens if reply is not None else 0,
-                                   reply.completion_tokens if reply is not None else 0)
+                                   reply.completion_tokens if reply is not None else 0,
+                                   cached_tokens=reply.cached_tokens if reply is not None else 0)
 
     async def _with_retries(self, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
                             parse: Callable[[Any, float], Any]) -> Any:
@@ -276,26 +299,39 @@ class ModelClient:
 
     async def _call(self, endpoint: ModelEndpoint, probe: bool, create: Callable[[openai.AsyncOpenAI], Any],
                     parse: Callable[[Any, float], Any]) -> Any:
+        gate = self.gate(endpoint)
+        admitted = await gate.acquire()
         started = time.perf_counter()
+        outcome: str | None = "cancelled"  # until the exchange ends one way or another
         try:
             resp: Any = await create(self._client(endpoint, probe))
+            outcome = None
         except openai.APIStatusError as exc:
             status = exc.status_code
             trouble = status >= 500 or status in (408, 409, 429)
+            outcome = OVERLOAD if trouble else None
             raise _Trouble(ModelError("http_status", f"endpoint answered HTTP {status} after retries"),
                            trouble) from None
         except openai.APITimeoutError as exc:
             if _dropped_connection(exc):
+                outcome = "unreachable"
                 raise _Trouble(ModelError("connection", "the model endpoint dropped the connection after retries"),
                                True) from None
+            outcome = OVERLOAD
             raise _Trouble(ModelError("timeout", f"no answer within {self._timeout_s:g}s after retries"),
                            True) from None
         except openai.APIConnectionError:
+            outcome = "unreachable"  # says nothing of the server's capacity
             raise _Trouble(ModelError("connection", "could not connect to the model endpoint after retries"),
                            True) from None
         except (openai.OpenAIError, ValueError) as exc:  # e.g. a truncated JSON body (JSONDecodeError)
+            outcome = None
             raise _Trouble(ModelError("bad_response", f"unusable response: {type(exc).__name__}"),
                            True, retry_here=True) from None
+        finally:
+            # A cancelled or unreachable exchange carries no latency worth learning from.
+            useful = outcome is None or outcome == OVERLOAD
+            gate.release(admitted, time.perf_counter() - started if useful else 0.0, outcome if useful else None)
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
             return parse(resp, latency_ms)
@@ -360,7 +396,35 @@ def _reply_doc(doc: Any, latency_ms: float, model: str) -> ModelReply:
         completion_tokens = int(usage["completion_tokens"]) if usage else 0
     except KeyError as exc:
         raise ValueError(f"response lacks {exc}") from None
-    return ModelReply(top, chosen_token, chosen_lp, prompt_tokens, completion_tokens, latency_ms, model)
+    cached = cached_prompt_tokens(usage, doc.get("timings"), prompt_tokens)
+    return ModelReply(top, chosen_token, chosen_lp, prompt_tokens, completion_tokens, latency_ms, model, cached)
+
+
+def cached_prompt_tokens(usage: Any, timings: Any, prompt_tokens: int) -> int:
+    """How many of the prompt's tokens the server reused from its prefix cache, in whichever way it says so.
+
+    - OpenAI, vLLM (with `--enable-prompt-tokens-details`) and current llama.cpp servers:
+      `usage.prompt_tokens_details.cached_tokens`;
+    - DeepSeek: `usage.prompt_cache_hit_tokens`;
+    - older llama.cpp servers: only `timings.cache_n` (tokens of the slot's cache reused; `timings.prompt_n`
+      are the ones evaluated, and the two add up to `usage.prompt_tokens`).
+
+    0 when none of these is there. Clamped to [0, prompt_tokens]: the count only prices and reports the
+    call, so a malformed or inconsistent one must not fail a classification (it is not a bad response) nor
+    make the uncached remainder negative.
+    """
+    n: Any = None
+    if isinstance(usage, dict):
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            n = details.get("cached_tokens")
+        if n is None:
+            n = usage.get("prompt_cache_hit_tokens")
+    if n is None and isinstance(timings, dict):
+        n = timings.get("cache_n")
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != n:  # n != n: NaN
+        return 0
+    return max(0, min(int(n), prompt_tokens))
 
 
 def _sample(resp: Any, latency_ms: float, model: str) -> ChatSample:
@@ -374,11 +438,20 @@ def _sample(resp: Any, latency_ms: float, model: str) -> ChatSample:
     if content:
         top = [(str(t.token), float(t.logprob)) for t in (content[0].top_logprobs or [])] or None
     usage = resp.usage
+    prompt_tokens = int(usage.prompt_tokens) if usage else 0
+    cached = 0
+    if usage is not None:  # the typed answer: details typed, DeepSeek's count and llama.cpp's timings as extras
+        details = usage.prompt_tokens_details
+        cached = cached_prompt_tokens(
+            {"prompt_tokens_details": {"cached_tokens": details.cached_tokens} if details is not None else None,
+             "prompt_cache_hit_tokens": (usage.model_extra or {}).get("prompt_cache_hit_tokens")},
+            (resp.model_extra or {}).get("timings"), prompt_tokens)
     return ChatSample(
         texts=tuple(str(c.message.content or "") for c in resp.choices),
         top_logprobs=top,
-        prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+        prompt_tokens=prompt_tokens,
         completion_tokens=int(usage.completion_tokens) if usage else 0,
         latency_ms=latency_ms,
         model=model,
+        cached_tokens=cached,
     )

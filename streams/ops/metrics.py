@@ -2,8 +2,10 @@
 
 Counters are fed by the classify path (`observe_outputs`: one call per request) and by the model
 client itself (`ServiceMetrics` is its `CallObserver`: every call of every confidence method, canary
-and probe: in flight, latency, errors, tokens, cost). Gauges whose
-truth lives elsewhere (review queue, drift status, consumer lag) are read at scrape time by a
+and probe: in flight, latency, errors, tokens, prompt tokens served from the server's prefix cache, cost
+with cached tokens at their own price, `streams.ops.cost`). Gauges whose
+truth lives elsewhere (review queue, drift status, consumer lag, each endpoint's adaptive concurrency
+limit) are read at scrape time by a
 collector, so they are never stale. Series are per worker; sum or max them across workers in
 Prometheus (deploy/alert-rules.yml does).
 """
@@ -14,12 +16,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streams.classify.concurrency import ConcurrencyGate
+from streams.ops.cost import TokenPrice
 from streams.ops.review_queue import ReviewQueue
 from streams.ops.stats import DriftHistory, TrafficStats, outcome_of
 
@@ -32,9 +37,11 @@ RETRY_LOGGER = "openai._base_client"  # logs "Retrying request in ... (retry n o
 class ServiceMetrics:
     """Every series the worker exports, in a registry of its own."""
 
-    def __init__(self, token_prices: Mapping[str, tuple[float, float]] | None = None) -> None:
+    def __init__(self, token_prices: Mapping[str, tuple[float, float] | tuple[float, float, float]] | None = None,
+                 ) -> None:
         self.registry = CollectorRegistry()
-        self.token_prices = dict(token_prices or {})
+        #: model -> price; a (prompt, completion) pair prices cached prompt tokens as uncached (`TokenPrice.of`).
+        self.token_prices = {model: TokenPrice.of(*price) for model, price in (token_prices or {}).items()}
         self.traffic = TrafficStats()
         r = self.registry
         self.requests = Counter(f"{NS}_requests", "Requests by outcome: auto, review, audit (copy of an auto "
@@ -53,8 +60,14 @@ class ServiceMetrics:
         self.confidence = Histogram(f"{NS}_confidence", "Calibrated confidence of classified items",
                                     ["task", "decision"], buckets=CONFIDENCE_BUCKETS, registry=r)
         self.tokens = Counter(f"{NS}_tokens", "Tokens used by model calls", ["task", "kind"], registry=r)
-        self.cost = Counter(f"{NS}_estimated_cost_usd", "Estimated model cost from STREAMS_TOKEN_PRICES "
-                            "(only tasks whose model has a price)", ["task"], registry=r)
+        # Its own family rather than a third `kind` of the one above: cached tokens are a part of the prompt
+        # tokens, and summing the kinds must keep giving the tokens used.
+        self.cached_tokens = Counter(f"{NS}_model_cached_prompt_tokens", "Prompt tokens the model server reused "
+                                     "from its prefix cache (a part of the prompt tokens; 0 where the server "
+                                     "reports none)", ["task", "model"], registry=r)
+        self.cost = Counter(f"{NS}_estimated_cost_usd", "Estimated model cost from STREAMS_TOKEN_PRICES, cached "
+                            "prompt tokens at their own price (only tasks whose model has a price)", ["task"],
+                            registry=r)
         self.state = StateCollector()
         r.register(self.state)
 
@@ -84,7 +97,7 @@ class ServiceMetrics:
         self.model_calls.labels(task).inc()
 
     def call_finished(self, task: str, model: str, seconds: float, error: str | None, prompt_tokens: int,
-                      completion_tokens: int) -> None:
+                      completion_tokens: int, cached_tokens: int = 0) -> None:
         self.in_flight.dec()
         self.latency.labels(task).observe(seconds)
         if error is not None and error != "cancelled":  # a cancelled call is the worker's doing, not the model's
@@ -92,9 +105,12 @@ class ServiceMetrics:
         if prompt_tokens or completion_tokens:
             self.tokens.labels(task, "prompt").inc(prompt_tokens)
             self.tokens.labels(task, "completion").inc(completion_tokens)
+            cached = min(max(cached_tokens, 0), prompt_tokens)
+            # Incremented by 0 too, so a server that reports no cache shows 0 rather than no data.
+            self.cached_tokens.labels(task, model).inc(cached)
             price = self.token_prices.get(model)
             if price is not None:
-                self.cost.labels(task).inc((prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6)
+                self.cost.labels(task).inc(price.cost_usd(prompt_tokens, completion_tokens, cached))
 
     def observe_outputs(self, outputs: Iterable[Any]) -> None:
         """Hook for the classify agent: its `Output`s (topic, key, value bytes) after publishing."""
@@ -116,6 +132,7 @@ class StateCollector(Collector):
         self.drift: DriftHistory | None = None
         self.lag: dict[tuple[str, int], int] = {}
         self.stalled: list[tuple[str, int]] = []  # from streams.classify.stall, set by the ops sampler
+        self.gates: Mapping[str, ConcurrencyGate] = {}  # the model client's, by endpoint base URL
         self.clock: Callable[[], float] = time.time
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -166,6 +183,22 @@ class StateCollector(Collector):
         for topic, partition in sorted(self.stalled):
             stalled.add_metric([topic, str(partition)], 1)
         yield stalled
+        limit = GaugeMetricFamily(f"{NS}_model_concurrency_limit", "Model calls this worker lets be in flight at "
+                                  "once to the endpoint, adapted to its latency and 429s", labels=["endpoint"])
+        waiting = GaugeMetricFamily(f"{NS}_model_calls_waiting", "Model calls waiting in this worker for room "
+                                    "under the endpoint's concurrency limit", labels=["endpoint"])
+        for url, gate in sorted(self.gates.items()):
+            endpoint = _without_credentials(url)
+            limit.add_metric([endpoint], gate.limit.limit)
+            waiting.add_metric([endpoint], gate.waiting)
+        yield from (limit, waiting)
+
+
+def _without_credentials(url: str) -> str:
+    """A base URL fit for a label: any user:password@ part dropped."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")
+                                     if parts.hostname else parts.netloc))
 
 
 class RetryLogCounter(logging.Filter):
