@@ -63,6 +63,7 @@ def classification_record(
         "usage": {
             "prompt_tokens": result.prompt_tokens if result else 0,
             "completion_tokens": result.completion_tokens if result else 0,
+            "cached_tokens": result.cached_tokens if result else 0,
         },
         "latency_ms": round(result.latency_ms, 3) if result else None,
         "metadata": request.metadata,

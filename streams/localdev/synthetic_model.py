@@ -15,6 +15,11 @@ decoding N requests at once with the rest queued (`POST /control {"slots": M}` c
 `--rpm R --tpm T`, a hosted API's per-minute budgets, answered with 429 + Retry-After when exceeded and
 OpenAI's `x-ratelimit-*` headers on every answer.
 
+Like a real server it keeps a prefix cache, reduced to what its usage reports: a prompt's tokens (here the
+whitespace-separated words of the last user message, which is also what `prompt_tokens` counts) that some
+earlier prompt to the same model began with are reported as `usage.prompt_tokens_details.cached_tokens`, as
+OpenAI and vLLM report them (`PrefixCache`; `prefix_cache=False` reports none, like a server without one).
+
 `GET /stats` also counts the bearer tokens the completions calls carried, by SHA-256 only (`bearer_sha256`;
 "none" for a call without one), so a test can prove a key reached the endpoint without the key being stored.
 """
@@ -74,6 +79,8 @@ class SyntheticConfig:
     seed: int | None = None
     force_prob: float = 0.95  # probability of the label named by a `[[label=NAME]]` marker
     model: str = "synthetic"
+    #: Report the prompt's leading tokens an earlier prompt shared as cached (`PrefixCache`); False: no cache report.
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -124,6 +131,34 @@ class SyntheticConfig:
             tokens[token] = tokens.get(token, 0.0) + rest * share
         ranked = [(token, p) for token, p in tokens.items() if p > 1e-12]
         return sorted(ranked, key=lambda item: -item[1])
+
+
+class PrefixCache:
+    """The longest prefix of a prompt's tokens that an earlier prompt began with, as a prefix-caching server
+    (llama.cpp's slots, vLLM's automatic prefix cache, OpenAI's prompt cache) reuses it.
+
+    Every prefix of every prompt seen is kept as a chained hash of its tokens, so a lookup costs one hash per
+    token. At least the last token is always evaluated (a server needs its logits), so a prompt seen before
+    reports all but one of its tokens. Bounded: past `max_prefixes` the cache is emptied, as a server's fills
+    and evicts; exact hit rates are not the point, a field that moves with the prompt's layout is.
+    """
+
+    def __init__(self, max_prefixes: int = 1_000_000) -> None:
+        self.max_prefixes = max_prefixes
+        self._seen: set[int] = set()
+
+    def cached(self, model: str, tokens: list[str]) -> int:
+        """How many leading tokens of this prompt were cached; then remember all its prefixes."""
+        if len(self._seen) + len(tokens) > self.max_prefixes:
+            self._seen.clear()
+        h = hash(model)
+        hit = 0
+        for i, token in enumerate(tokens):
+            h = hash((h, token))
+            if hit == i and h in self._seen:
+                hit = i + 1
+            self._seen.add(h)
+        return min(hit, max(len(tokens) - 1, 0))
 
 
 def _last_user_text(messages: Any) -> str:
@@ -189,6 +224,7 @@ class SyntheticModelServer:
         self._budgets = {kind: Budget(limit) for kind, limit in (("requests", self.config.rpm),
                                                                  ("tokens", self.config.tpm)) if limit}
         self._rate_limited = 0
+        self._cache = PrefixCache() if self.config.prefix_cache else None
 
     @property
     def base_url(self) -> str:
@@ -294,7 +330,8 @@ class SyntheticModelServer:
             if body.get("stream"):
                 return _error(400, "invalid_request_error", "streaming is not supported")
             text = _last_user_text(body.get("messages"))
-            prompt_tokens = len(text.split())
+            words = text.split()
+            prompt_tokens = len(words)
             if self._budgets:  # metered as OpenAI does: the prompt plus the completion tokens asked for
                 refused = self._over_budget(prompt_tokens + int(body.get("max_tokens") or 16))
                 if refused is not None:
@@ -313,6 +350,9 @@ class SyntheticModelServer:
             marker = MARKER.search(text)
             ranked = cfg.distribution(marker.group(1) if marker else None, option_codes(body.get("messages")))
             response = self._completion(body, ranked, prompt_tokens)
+            if self._cache is not None:  # looked up when answered, as a server fills its cache while it evaluates
+                cached = self._cache.cached(str(body.get("model") or cfg.model), words)
+                response["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             self._requests += 1
             return _json(response, headers=self._ratelimit_headers() or None)
         finally:
@@ -359,6 +399,8 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
     parser.add_argument("--rpm", type=float, default=0.0, help="rate-limited mode: requests per minute (0 = none)")
     parser.add_argument("--tpm", type=float, default=0.0, help="rate-limited mode: tokens per minute (0 = none)")
     parser.add_argument("--no-logprobs", action="store_true", help="answer `logprobs: null`")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="report no cached prompt tokens (a server without a prefix cache)")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
     config = SyntheticConfig(
@@ -371,6 +413,7 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
         tpm=args.tpm,
         logprobs=not args.no_logprobs,
         seed=args.seed,
+        prefix_cache=not args.no_prefix_cache,
     )
     if args.labels:
         config.labels = [label.strip() for label in args.labels.split(",") if label.strip()]

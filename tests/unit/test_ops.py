@@ -23,6 +23,7 @@ from streams.classify.service import Classifier
 from streams.errors import ConfigError
 from streams.localdev.synthetic_model import SyntheticConfig, SyntheticModelServer
 from streams.ops import pages, plots
+from streams.ops.cost import TokenPrice
 from streams.ops.metrics import ServiceMetrics, count_retries
 from streams.ops.review_cli import choose
 from streams.ops.review_queue import ReviewQueue, answer_record
@@ -447,9 +448,9 @@ def test_forwarder_posts_json_with_retries() -> None:
 
 
 def test_operations_settings_are_validated() -> None:
-    s = Settings.from_env({"STREAMS_TOKEN_PRICES": "gpt-4o-mini=0.15:0.6, local=0:0",
+    s = Settings.from_env({"STREAMS_TOKEN_PRICES": "gpt-4o-mini=0.15:0.6:0.075, local=0:0",
                            "STREAMS_REVIEW_ALERT_DEPTH": "100", "STREAMS_ALERT_WEBHOOK_URL": "https://hooks.example/x"})
-    assert s.token_prices == {"gpt-4o-mini": (0.15, 0.6), "local": (0.0, 0.0)}
+    assert s.token_prices == {"gpt-4o-mini": TokenPrice(0.15, 0.6, 0.075), "local": TokenPrice(0.0, 0.0, 0.0)}
     assert s.review_alert_depth == 100 and s.alert_webhook_url == "https://hooks.example/x"
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"STREAMS_TOKEN_PRICES": "oops", "STREAMS_REVIEW_QUEUE_MAX": "0",

@@ -185,7 +185,8 @@ def test_review_model_error_validates() -> None:
     rec = _classified(None, 0.0, None, model_error="timeout: no answer after 3 tries",
                       forced=Route("review", "model_error", -1))
     assert rec["model_error"] == "timeout: no answer after 3 tries"
-    assert rec["latency_ms"] is None and rec["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert rec["latency_ms"] is None and rec["usage"] == {"prompt_tokens": 0, "completion_tokens": 0,
+                                                             "cached_tokens": 0}
     schemas.validate("review_item", rec)
     missing = {k: v for k, v in rec.items() if k != "model_error"}
     assert _errors("review_item", missing)  # reason model_error needs the error

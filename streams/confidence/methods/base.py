@@ -37,6 +37,7 @@ class MethodResult:
     settled: bool | None = None  # self-consistency: the stopping rule was met before the budget
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # part of prompt_tokens the server reused from its prefix cache (priced apart)
     latency_ms: float = 0.0
     chosen_logprob: float | None = None
     members: dict[str, list[float]] = field(default_factory=dict)  # ensemble: each member's calibrated p
@@ -45,6 +46,7 @@ class MethodResult:
         self.requests += 1
         self.prompt_tokens += s.prompt_tokens
         self.completion_tokens += s.completion_tokens
+        self.cached_tokens += s.cached_tokens
         self.latency_ms += s.latency_ms
 
 

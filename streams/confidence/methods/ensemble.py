@@ -44,6 +44,7 @@ class Ensemble:
             res.requests += r.requests
             res.prompt_tokens += r.prompt_tokens
             res.completion_tokens += r.completion_tokens
+            res.cached_tokens += r.cached_tokens
             res.latency_ms = max(res.latency_ms, r.latency_ms)  # concurrent: the slowest member's time
             if r.raw is None:
                 continue

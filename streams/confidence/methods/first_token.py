@@ -28,8 +28,8 @@ class FirstToken:
     async def run(self, call: Call, task: Task, text: str, request_id: str) -> MethodResult:
         reply = await call.client.first_token(task, text)
         res = MethodResult(self.name, None, 0.0, "no_logprobs", requests=1, prompt_tokens=reply.prompt_tokens,
-                           completion_tokens=reply.completion_tokens, latency_ms=reply.latency_ms,
-                           chosen_logprob=reply.chosen_logprob)
+                           completion_tokens=reply.completion_tokens, cached_tokens=reply.cached_tokens,
+                           latency_ms=reply.latency_ms, chosen_logprob=reply.chosen_logprob)
         if reply.top_logprobs is not None:
             s = label_scores(reply.top_logprobs, self.matcher(task.answers))
             res.raw, res.label_mass, res.reason = s.probabilities, s.label_mass, None
