@@ -7,6 +7,8 @@ queue while throughput stays flat. `AdaptiveLimit` estimates that queue from lat
 Netflix's `VegasLimit` do: with `limit` calls in flight and round-trip time `rtt` against the no-load
 time `rtt0`, about `limit * (1 - rtt0 / rtt)` of them are waiting rather than being served.
 
+- The limit starts at the floor and doubles per window until the first sign of a queue (slow start);
+  the first calls then measure the server unloaded.
 - The limit grows while the estimated queue is small (under `alpha` of the limit) and only when the
   calls actually filled it: a worker with little traffic learns nothing about the server's capacity.
 - When the queue estimate passes `beta` of the limit, the limit goes straight to the estimated capacity,
@@ -37,11 +39,14 @@ class AdaptiveLimit:
     floor, ceiling
         Bounds of the limit; the ceiling is the worker's configured maximum (`STREAMS_MAX_IN_FLIGHT`).
     initial
-        Where the limit starts; it is clipped to the bounds.
+        Where the limit starts, clipped to the bounds. It doubles every window until latency first shows a
+        queue (TCP's slow start), so starting low costs a few windows; starting high against a slow server
+        queues the first calls past their timeout before the first window closes.
     alpha, beta
-        Shares of the limit: while fewer than `alpha * limit` calls are estimated to be queued at the
-        server the limit grows; past `beta * limit` it falls to the estimated capacity. With 0.05 and
-        0.15, latency at equilibrium is 5-18% above the server's unloaded latency.
+        Shares of the limit: while fewer than `alpha * limit` calls (at least half a call) are estimated
+        to be queued at the server the limit grows; past `beta * limit` (at least one call) it falls to
+        the estimated capacity. With 0.05 and 0.15, latency at equilibrium is 5-18% above the server's
+        unloaded latency.
     backoff
         The factor applied to the limit on an overload answer (429, timeout, 5xx).
     probe_every
@@ -55,15 +60,15 @@ class AdaptiveLimit:
 
     >>> limit = AdaptiveLimit(floor=1, ceiling=64, initial=4)
     >>> for _ in range(300):
-    ...     n = limit.allowed
+    ...     n, epoch = limit.allowed, limit.epoch
     ...     for _ in range(n):
-    ...         limit.observe(0.1 * max(1.0, n / 8), in_flight=n)
+    ...         limit.observe(0.1 * max(1.0, n / 8), in_flight=n, epoch=epoch)
     >>> 8 <= limit.limit <= 10
     True
     """
 
-    def __init__(self, floor: int = 1, ceiling: int = 64, initial: int = 8, *, alpha: float = 0.05,
-                 beta: float = 0.15, backoff: float = 0.7, probe_every: int = 50) -> None:
+    def __init__(self, floor: int = 1, ceiling: int = 64, initial: int = 1, *, alpha: float = 0.05,
+                 beta: float = 0.15, backoff: float = 0.7, probe_every: int = 100) -> None:
         if not 1 <= floor <= ceiling:
             raise ValueError(f"need 1 <= floor <= ceiling, got floor={floor}, ceiling={ceiling}")
         if not 0 < alpha < beta:
@@ -82,6 +87,7 @@ class AdaptiveLimit:
         self._seen = 0  # calls observed in this window, overloaded ones included
         self._window_peak = 0  # most calls in flight seen during the window
         self._overloaded = False
+        self._slow_start = True  # double per window until the first sign of a queue, as TCP's slow start
         self.epoch = 0  # bumped when the limit falls: calls started before then say nothing of the new limit
 
     @property
@@ -120,17 +126,23 @@ class AdaptiveLimit:
         self._windows += 1
         if self._overloaded:
             limit *= self.backoff
+            self._slow_start = False
         elif self._window:
             rtt = self.rtt = statistics.median(self._window)
             self._medians.append(rtt)
             rtt0 = self.rtt0 = min(self._medians)
             queued = limit * (1.0 - rtt0 / rtt)
+            # At least half a call and one call: at small limits a share of the limit is less than the
+            # latency noise of one exchange.
+            low, high = max(0.5, self.alpha * limit), max(1.0, self.beta * limit)
             if probing:
                 pass  # the probe measured rtt0; its queue estimate is of a different limit
-            elif queued > self.beta * limit:
+            elif queued > high:
                 limit = limit * rtt0 / rtt * (1.0 + self.alpha)  # straight to the estimated capacity
-            elif queued < self.alpha * limit and self._window_peak >= limit / 2:  # only a used limit may grow
-                limit += max(1.0, self.alpha * limit)
+            elif queued < low and self._window_peak >= limit / 2:  # only a used limit may grow
+                limit += limit if self._slow_start else max(1.0, self.alpha * limit)
+            if queued >= low:
+                self._slow_start = False
         limit = min(max(limit, float(self.floor)), float(self.ceiling))
         if limit < self.limit:
             self.epoch += 1

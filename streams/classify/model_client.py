@@ -32,6 +32,15 @@ endpoint admits at most its `AdaptiveLimit`, between `min_in_flight` and `max_in
 HTTP exchange's latency and overload answers (429, 408, 5xx, timeouts); calls beyond it wait in the worker,
 where waiting costs no call timeout and no server queue. `ModelClient.gates` maps base URLs to gates.
 
+**Calls are paced under the endpoint's budgets** (`streams.classify.pacing`): a `Pacer` per endpoint and
+model (`ModelClient.pacers`) admits each HTTP attempt when this worker's share of the task file's
+`requests_per_minute` / `tokens_per_minute` allows it and the server's last `x-ratelimit-*` headers say that
+much remains; it waits before the concurrency gate, so waiting for budget holds no room there. The openai
+client's own retries are paced too, and every answer's headers read, through the HTTP client's event hooks
+(`_on_request`, `_on_response`), which find the attempt they belong to in a context variable. After a
+usable answer the token estimate is corrected by the usage it reports. `set_share` sets the worker's part
+of every budget (streams.classify.agents, on each rebalance). `pacing=False` only counts 429 answers.
+
 **Every call is observed here** (`CallObserver`: the worker's Prometheus metrics): calls in flight,
 time per call (retries and circuit waits included), errors by kind, tokens. Measured where calls are
 made, so every confidence method's calls count, samples and continuations included, and canary and
@@ -41,6 +50,7 @@ probe calls too.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections.abc import Callable
@@ -55,6 +65,7 @@ from opentelemetry.trace import SpanKind
 
 from streams.classify.circuit import HALF_OPEN, CircuitBreaker
 from streams.classify.concurrency import OVERLOAD, AdaptiveLimit, ConcurrencyGate
+from streams.classify.pacing import Pacer
 from streams.errors import ModelError
 from streams.ops.tracing import Tracing
 from streams.tasks import ModelEndpoint, Task
@@ -88,6 +99,62 @@ class ChatSample:
     latency_ms: float
     model: str
     cached_tokens: int = 0  # prompt tokens served from the server's prefix cache (as ModelReply)
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What a call asks of the endpoint's token budget: its prompt's characters (all messages) and the completion
+    tokens it may use (`max_tokens` times `n`), which a hosted API meters when the request arrives."""
+
+    prompt_chars: int
+    max_tokens: int
+
+    @classmethod
+    def of(cls, messages: list[dict[str, str]], max_tokens: int, n: int = 1) -> Demand:
+        return cls(sum(len(m.get("content") or "") for m in messages), max_tokens * max(1, n))
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One `_call` under way, for the HTTP hooks: its pacer, the tokens each request is charged, how many requests
+    were sent (more than one: the openai client retried) and how many were admitted and not yet answered."""
+
+    pacer: Pacer
+    tokens: int
+    paced: bool
+    sends: int = 0
+    open: int = 0
+
+
+#: The attempt the current asyncio task is making; set by `ModelClient._paced` around `_call`.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("model_call_attempt", default=None)
+
+
+async def _on_request(request: httpx2.Request) -> None:
+    """httpx request hook: every request after an attempt's first is the openai client retrying; pace it too."""
+    attempt = _ATTEMPT.get()
+    if attempt is None:
+        return
+    attempt.sends += 1
+    if attempt.sends > 1 and attempt.paced:
+        await attempt.pacer.admit(attempt.tokens)
+        attempt.open += 1
+
+
+async def _on_response(response: httpx2.Response) -> None:
+    """httpx response hook: every answer, 429s the openai client retries included; its headers go to the pacer."""
+    attempt = _ATTEMPT.get()
+    if attempt is None:
+        return
+    pacer = attempt.pacer
+    if not attempt.paced:
+        if response.status_code == 429:
+            pacer.rate_limited += 1
+        return
+    if attempt.open:
+        attempt.open -= 1
+        pacer.done(attempt.tokens)  # before the headers: what the server says remains counts this request
+    pacer.observe_headers(response.headers, response.status_code)
 
 
 class CallObserver(Protocol):
@@ -128,8 +195,11 @@ class ModelClient:
         tracing: Tracing | None = None,
         max_in_flight: int = 64,
         min_in_flight: int = 1,
+        pacing: bool = True,
     ) -> None:
         self._timeout_s = timeout_s
+        self._pacing = pacing
+        self._share = 1.0  # this process's part of every endpoint's budget (`set_share`)
         self._in_flight_bounds = (min_in_flight, max_in_flight)
         self._max_retries = max_retries
         self._breaker_factory = breaker_factory or _default_breaker
@@ -143,6 +213,8 @@ class ModelClient:
         self.breakers: dict[str, CircuitBreaker] = {}
         #: One concurrency gate per endpoint base URL (its `limit.limit` is exported as a gauge).
         self.gates: dict[str, ConcurrencyGate] = {}
+        #: One pacer per (base URL, model name): a hosted API meters each model apart. `snapshot()`, for metrics.
+        self.pacers: dict[tuple[str, str], Pacer] = {}
 
     def _client(self, endpoint: ModelEndpoint, probe: bool = False) -> openai.AsyncOpenAI:
         key = (endpoint.base_url, endpoint.api_key_env)
@@ -154,7 +226,8 @@ class ModelClient:
                 timeout=self._timeout_s,
                 max_retries=self._max_retries,
                 # openai's own aiohttp transport: about half the CPU per call of its default httpx2 one.
-                http_client=openai.DefaultAioHttpClient(timeout=self._timeout_s),
+                http_client=openai.DefaultAioHttpClient(
+                    timeout=self._timeout_s, event_hooks={"request": [_on_request], "response": [_on_response]}),
             )
             self._clients[key] = client
         if not probe:
@@ -174,8 +247,22 @@ class ModelClient:
         gate = self.gates.get(endpoint.base_url)
         if gate is None:
             low, high = self._in_flight_bounds
-            gate = self.gates[endpoint.base_url] = ConcurrencyGate(AdaptiveLimit(low, high, initial=min(8, high)))
+            gate = self.gates[endpoint.base_url] = ConcurrencyGate(AdaptiveLimit(low, high, initial=low))
         return gate
+
+    def pacer(self, endpoint: ModelEndpoint) -> Pacer:
+        key = (endpoint.base_url, endpoint.name)
+        pacer = self.pacers.get(key)
+        if pacer is None:
+            pacer = self.pacers[key] = Pacer(endpoint.requests_per_minute, endpoint.tokens_per_minute,
+                                             share=self._share)
+        return pacer
+
+    def set_share(self, share: float) -> None:
+        """This process's part of every endpoint's budget, from now on (its share of the requests partitions)."""
+        self._share = share
+        for pacer in self.pacers.values():
+            pacer.set_share(share)
 
     async def _admit(self, breaker: CircuitBreaker, deadline: float, last: ModelError | None) -> bool:
         """Wait until the breaker lets a call through; True when it is a half-open probe."""
@@ -199,7 +286,8 @@ class ModelClient:
         """Ask for one token with its top logprobs; raise ModelError once retries are spent."""
         endpoint = task.model
 
-        body = {"model": endpoint.name, "messages": task.prompt.messages(text), "max_tokens": 1,
+        messages = task.prompt.messages(text)
+        body = {"model": endpoint.name, "messages": messages, "max_tokens": 1,
                 "temperature": endpoint.temperature, "logprobs": True, "top_logprobs": endpoint.top_logprobs}
 
         def create(client: openai.AsyncOpenAI) -> Any:
@@ -209,7 +297,8 @@ class ModelClient:
             return client.post("/chat/completions", body=body, cast_to=httpx2.Response)
 
         return await self._observed(task.name, endpoint, create,
-                                    lambda resp, ms: _reply_doc(_json_body(resp), ms, endpoint.name))
+                                    lambda resp, ms: _reply_doc(_json_body(resp), ms, endpoint.name),
+                                    Demand.of(messages, 1))
 
     async def chat(self, endpoint: ModelEndpoint, messages: list[dict[str, str]], *, max_tokens: int,
                    temperature: float, n: int = 1, seed: int | None = None,
@@ -226,26 +315,27 @@ class ModelClient:
             params["logprobs"] = True
             params["top_logprobs"] = top_logprobs
         return await self._observed(task, endpoint, lambda client: client.chat.completions.create(**params),
-                                    lambda resp, ms: _sample(resp, ms, endpoint.name))
+                                    lambda resp, ms: _sample(resp, ms, endpoint.name),
+                                    Demand.of(messages, max_tokens, n))
 
     async def _observed(self, task: str, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
-                        parse: Callable[[Any, float], Any]) -> Any:
+                        parse: Callable[[Any, float], Any], demand: Demand) -> Any:
         if self.tracing.enabled:  # a span per call (each sample of self-consistency), under the request's span
             with self.tracing.span("model call", kind=SpanKind.CLIENT, task=task, model=endpoint.name):
-                return await self._measured(task, endpoint, create, parse)
-        return await self._measured(task, endpoint, create, parse)
+                return await self._measured(task, endpoint, create, parse, demand)
+        return await self._measured(task, endpoint, create, parse, demand)
 
     async def _measured(self, task: str, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
-                        parse: Callable[[Any, float], Any]) -> Any:
+                        parse: Callable[[Any, float], Any], demand: Demand) -> Any:
         observer = self.observer
         if observer is None:
-            return await self._with_retries(endpoint, create, parse)
+            return await self._with_retries(endpoint, create, parse, demand)
         observer.call_started(task)
         started = time.perf_counter()
         error: str | None = "internal"  # neither an answer nor a ModelError: a bug, reported as such
         reply: Any = None
         try:
-            reply = await self._with_retries(endpoint, create, parse)
+            reply = await self._with_retries(endpoint, create, parse, demand)
             error = None
             return reply
         except ModelError as exc:
@@ -261,7 +351,7 @@ class ModelClient:
                                    cached_tokens=reply.cached_tokens if reply is not None else 0)
 
     async def _with_retries(self, endpoint: ModelEndpoint, create: Callable[[openai.AsyncOpenAI], Any],
-                            parse: Callable[[Any, float], Any]) -> Any:
+                            parse: Callable[[Any, float], Any], demand: Demand) -> Any:
         breaker = self.breaker(endpoint)
         deadline = time.monotonic() + self.deadline_s
         last: ModelError | None = None
@@ -271,7 +361,7 @@ class ModelClient:
             verdict = False
             failed: _Trouble
             try:
-                reply = await self._call(endpoint, probe, create, parse)
+                reply = await self._paced(endpoint, demand, probe, create, parse)
                 breaker.record_success()
                 verdict = True
                 return reply
@@ -296,6 +386,26 @@ class ModelClient:
                 raise last
             # A failed probe (sent without retries) re-opened the breaker: its item waits for the next
             # probe like every other caller, until the deadline, rather than going to review early.
+
+    async def _paced(self, endpoint: ModelEndpoint, demand: Demand, probe: bool,
+                     create: Callable[[openai.AsyncOpenAI], Any], parse: Callable[[Any, float], Any]) -> Any:
+        """`_call` once the endpoint's budget allows it; then the token estimate corrected by the reported usage."""
+        pacer = self.pacer(endpoint)
+        attempt = _Attempt(pacer, pacer.estimate(demand.prompt_chars, demand.max_tokens), self._pacing)
+        if attempt.paced:
+            await pacer.admit(attempt.tokens)
+            attempt.open = 1
+        context = _ATTEMPT.set(attempt)
+        try:
+            reply = await self._call(endpoint, probe, create, parse)
+        finally:
+            _ATTEMPT.reset(context)
+            for _ in range(attempt.open):  # not answered (a timeout, a refused connection, cancelled)
+                pacer.done(attempt.tokens)
+        if attempt.paced and reply.prompt_tokens > 0:  # servers that report no usage leave the estimate standing
+            pacer.learn(demand.prompt_chars, reply.prompt_tokens)
+            pacer.settle(attempt.tokens, reply.prompt_tokens + max(demand.max_tokens, reply.completion_tokens))
+        return reply
 
     async def _call(self, endpoint: ModelEndpoint, probe: bool, create: Callable[[openai.AsyncOpenAI], Any],
                     parse: Callable[[Any, float], Any]) -> Any:

@@ -242,7 +242,6 @@ def main(argv: list[str]) -> int:
                         help="labelled snippets to fit a calibrator on first (0: raw probabilities)")
     parser.add_argument("--tasks", default="config/tasks.toml", help="task file (needs the movie_sentiment task)")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--max-in-flight", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=0, help="seconds to wait for outputs (0 = from count)")
     parser.add_argument("--answer", type=int, default=None,
                         help="answer this many review items as a reviewer would, with the known labels "
@@ -265,7 +264,6 @@ def main(argv: list[str]) -> int:
                 "STREAMS_BROKER": broker.url,
                 "STREAMS_TASKS_FILE": str(Path(args.tasks).resolve()),
                 "STREAMS_PARTITIONS": str(args.partitions),
-                "STREAMS_MAX_IN_FLIGHT": str(args.max_in_flight),
                 "STREAMS_SESSION_TIMEOUT_S": "6",
                 "STREAMS_DATA_DIR": str(workdir / "worker-data"),
                 "STREAMS_WEB_HOST": "127.0.0.1",

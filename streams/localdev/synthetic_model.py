@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -200,6 +200,13 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=orjson.dumps(payload), status=status, headers=headers, content_type="application/json")
 
 
+def _quantile_ms(ordered: list[float], q: float) -> float | None:
+    """The q-quantile (nearest rank) of sorted seconds, in milliseconds; None when there are none."""
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000.0, 3)
+
+
 def _entry(token: str, prob: float) -> dict[str, Any]:
     return {"token": token, "logprob": math.log(prob), "bytes": list(token.encode())}
 
@@ -224,15 +231,21 @@ class SyntheticModelServer:
         self._budgets = {kind: Budget(limit) for kind, limit in (("requests", self.config.rpm),
                                                                  ("tokens", self.config.tpm)) if limit}
         self._rate_limited = 0
+        #: (answered at, seconds from arrival to answer: queueing + service) of recent answers, for `/stats`.
+        self._answered: deque[tuple[float, float]] = deque(maxlen=500_000)
         self._cache = PrefixCache() if self.config.prefix_cache else None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, window_s: float | None = None) -> dict[str, Any]:
         """Counters that let a test prove calls overlapped (`max_in_flight_seen`) rather than trust timings, and
-        which keys reached the endpoint (`bearer_sha256`: hash of each bearer token -> completions calls)."""
+        which keys reached the endpoint (`bearer_sha256`: hash of each bearer token -> completions calls).
+        `latency` is measured here, arrival to answer, over the answers of the last `window_s` seconds (all
+        when None): the same point of measure for a benchmark's direct load and for a worker."""
+        since = time.monotonic() - window_s if window_s is not None else -math.inf
+        recent = sorted(s for at, s in self._answered if at >= since)
         return {
             "requests": self._requests,
             "rejected": self._rejected,
@@ -242,6 +255,8 @@ class SyntheticModelServer:
             "queued": self._slots.queued if self._slots else 0,
             "max_queued_seen": self._slots.max_queued if self._slots else 0,
             "rate_limited": self._rate_limited,
+            "latency": {"answers": len(recent), "p50_ms": _quantile_ms(recent, 0.5),
+                        "p95_ms": _quantile_ms(recent, 0.95)},
             "bearer_sha256": dict(self._bearers),
         }
 
@@ -271,8 +286,9 @@ class SyntheticModelServer:
     ) -> None:
         await self.stop()
 
-    async def _stats(self, _: web.Request) -> web.Response:
-        return _json(self.stats())
+    async def _stats(self, request: web.Request) -> web.Response:
+        window = request.query.get("window_s")
+        return _json(self.stats(float(window) if window else None))
 
     async def _control(self, request: web.Request) -> web.Response:
         """`{"slots": N}`: change the decoding slots mid-run (capacity mode only), as a benchmark needs."""
@@ -320,6 +336,7 @@ class SyntheticModelServer:
             return _error(429, "rate_limit_exceeded", "too many concurrent requests", {"Retry-After": "1"})
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        arrived = time.monotonic()
         try:
             try:
                 body = orjson.loads(await request.read())
@@ -354,6 +371,8 @@ class SyntheticModelServer:
                 cached = self._cache.cached(str(body.get("model") or cfg.model), words)
                 response["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             self._requests += 1
+            now = time.monotonic()
+            self._answered.append((now, now - arrived))
             return _json(response, headers=self._ratelimit_headers() or None)
         finally:
             self._in_flight -= 1

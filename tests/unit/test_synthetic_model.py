@@ -214,3 +214,20 @@ def test_a_token_budget_refuses_what_it_cannot_hold() -> None:
             return statuses
 
     assert asyncio.run(run()) == [200, 200, 429]
+
+
+def test_stats_report_latency_from_arrival_to_answer_over_a_recent_window() -> None:
+    """With 2 slots of 50 ms, 6 calls at once answer after about 50, 100 and 150 ms: queueing is counted."""
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with SyntheticModelServer(SyntheticConfig(latency_ms=50, slots=2)) as server, \
+                _client(server, max_retries=0) as client:
+            await asyncio.gather(*(_ask(client) for _ in range(6)))
+            everything = server.stats()
+            await asyncio.sleep(0.3)
+            return everything, server.stats(window_s=0.2)
+
+    everything, recent = asyncio.run(run())
+    latency = everything["latency"]
+    assert latency["answers"] == 6
+    assert 40 <= latency["p50_ms"] <= 140 and 140 <= latency["p95_ms"] <= 400
+    assert recent["latency"] == {"answers": 0, "p50_ms": None, "p95_ms": None}
