@@ -103,6 +103,11 @@ class ModelEndpoint:
     api_key_env: str | None = None
     top_logprobs: int = 20
     temperature: float = 0.0
+    #: The endpoint's per-minute budgets, all workers together (None: none declared). A budget belongs to the
+    #: endpoint (base URL and model), so tasks and ensemble members naming the same one share it
+    #: (`_shared_budgets`). Workers pace their calls under it (streams.classify.pacing).
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
 
     def api_key(self, env: Mapping[str, str] | None = None) -> str:
         """The key, read from the environment when the endpoint's client is created (its first call), so a rotated
@@ -204,6 +209,23 @@ class Task:
     calibration: CalibrationPolicy = field(default_factory=CalibrationPolicy)
     drift: DriftPolicy = field(default_factory=DriftPolicy)
     confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
+    #: Serve a text already answered from the answer cache (streams/classify/answer_cache.py). None: on unless
+    #: the task samples (`samples`), since a sampled answer is one draw and a fresh call could differ.
+    answer_cache: bool | None = None
+
+    @property
+    def samples(self) -> bool:
+        """Whether the same prompt can get another answer: a model at temperature > 0 (the task's, or an ensemble
+        member's), or self-consistency, which samples by design with seeds drawn from the request id."""
+        members = self.confidence.ensemble_members if ENSEMBLE in self.confidence.methods else ()
+        methods = {*self.confidence.methods, *(m.method for m in members)}
+        models = [self.model, *(m.model for m in members if m.model is not None)]
+        return SELF_CONSISTENCY in methods or any(m.temperature > 0 for m in models)
+
+    @property
+    def caches_answers(self) -> bool:
+        """The task file's `answer_cache` when set, else on for tasks that do not sample."""
+        return self.answer_cache if self.answer_cache is not None else not self.samples
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -384,9 +406,11 @@ def _parse_task(raw: Mapping[str, Any], path: str, problems: list[str], env: Map
         return None
     accept = r._get("accept_first_token_collisions", bool, "boolean",
                     _default(Task, "accept_first_token_collisions"), False)
+    answer_cache = r._get("answer_cache", bool, "boolean (true or false; leave it out for the default: on unless "
+                          "the model samples)", _default(Task, "answer_cache"), False)
     return Task(name=name, labels=labels, prompt=prompt, model=model, descriptions=descriptions, codes=codes,
                 positional_codes=positional, accept_first_token_collisions=accept, calibration=calibration, drift=drift,
-                confidence=confidence, **routing)
+                confidence=confidence, answer_cache=answer_cache, **routing)
 
 
 def _parse_labels(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], bool]:
@@ -504,7 +528,7 @@ def _parse_model(mr: _Reader, env: Mapping[str, str]) -> ModelEndpoint:
                                   "(the key is never read from the task file)")
     if "api_key" in mr.table:
         mr.problem("api_key", "keys must not be written in the task file; use api_key_env")
-    return ModelEndpoint(base_url=base_url, name=name, api_key_env=api_key_env, **_sampling(mr))
+    return ModelEndpoint(base_url=base_url, name=name, api_key_env=api_key_env, **_sampling(mr), **_budgets(mr))
 
 
 class _Sampling(TypedDict):
@@ -516,6 +540,34 @@ def _sampling(mr: _Reader) -> _Sampling:
     """top_logprobs and temperature of a model table (the task's, or an ensemble member's)."""
     return {"top_logprobs": mr.integer("top_logprobs", _default(ModelEndpoint, "top_logprobs"), 1, 20),
             "temperature": mr.number("temperature", _default(ModelEndpoint, "temperature"), 0.0, 2.0)}
+
+
+class _Budgets(TypedDict):
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+
+
+#: Above any provider's published limit; a larger number is a typo, not a budget.
+MAX_PER_MINUTE = 1e9
+
+
+def _budgets(mr: _Reader) -> _Budgets:
+    """requests_per_minute and tokens_per_minute of a model table: positive numbers, or absent for no budget."""
+    budgets: _Budgets = {"requests_per_minute": _default(ModelEndpoint, "requests_per_minute"),
+                         "tokens_per_minute": _default(ModelEndpoint, "tokens_per_minute")}
+    for key in ("requests_per_minute", "tokens_per_minute"):
+        if key not in mr.table:
+            continue
+        problems = len(mr.problems)
+        value = mr.number(key, 0.0, 0.0, MAX_PER_MINUTE)
+        if len(mr.problems) > problems:
+            continue
+        if value <= 0:
+            mr.problem(key, "must be above 0, the endpoint's budget for all workers together "
+                            "(leave it out for no budget)")
+            continue
+        budgets[key] = value
+    return budgets
 
 
 class _Routing(TypedDict):
@@ -653,7 +705,7 @@ def _parse_ensemble_member(er: _Reader, i: int, raw: Any, model: ModelEndpoint,
             mr.problem("api_key_env", "must name a set environment variable")
             key = None
         member_model = ModelEndpoint(base_url=url, name=mr.string("name", required=True), api_key_env=key,
-                                     **_sampling(mr))
+                                     **_sampling(mr), **_budgets(mr))
     return EnsembleMember(method, member_model, weight)
 
 
@@ -680,9 +732,58 @@ def parse_tasks(text: str, source: str, env: Mapping[str, str] | None = None) ->
         if task.name in tasks:
             problems.append(f"{path}.name: duplicate task name {task.name!r}")
         tasks[task.name] = task
+    tasks = _shared_budgets(tasks, problems)
     if problems:
         raise ConfigError(source, problems)
     return TaskRegistry(tasks=tasks, source=source)
+
+
+def _endpoints(task: Task) -> list[tuple[str, ModelEndpoint]]:
+    """Every endpoint a task calls, with where it is written."""
+    where = f"task {task.name!r}"
+    found = [(f"{where} [model]", task.model)]
+    found += [(f"{where} ensemble member {i} ({m.method})", m.model)
+              for i, m in enumerate(task.confidence.ensemble_members) if m.model is not None]
+    return found
+
+
+def _shared_budgets(tasks: dict[str, Task], problems: list[str]) -> dict[str, Task]:
+    """Give every mention of an endpoint (base URL and model name) the budget declared for it.
+
+    A hosted API meters a model's calls whichever task makes them, so the budget is the endpoint's: it may be
+    declared at any one mention, or at several with the same values; different values are a problem, named
+    with both places. Mentions that declare nothing get the declared budget, so the worker paces every call
+    to the endpoint the same way, whichever task comes first."""
+    declared: dict[tuple[str, str], tuple[str, float | None, float | None]] = {}
+    for task in tasks.values():
+        for where, ep in _endpoints(task):
+            if ep.requests_per_minute is None and ep.tokens_per_minute is None:
+                continue
+            key = (ep.base_url, ep.name)
+            budget = (where, ep.requests_per_minute, ep.tokens_per_minute)
+            first = declared.setdefault(key, budget)
+            if first[1:] != budget[1:]:
+                problems.append(
+                    f"{where}: requests_per_minute = {budget[1]}, tokens_per_minute = {budget[2]} for model "
+                    f"{ep.name!r} at {ep.base_url}, but {first[0]} says {first[1]} and {first[2]}; the budget "
+                    "belongs to the endpoint and is shared by every task that calls it: give the same values, "
+                    "or declare them once")
+    if not declared:
+        return tasks
+
+    def budgeted(ep: ModelEndpoint) -> ModelEndpoint:
+        found = declared.get((ep.base_url, ep.name))
+        if found is None:
+            return ep
+        return replace(ep, requests_per_minute=found[1], tokens_per_minute=found[2])
+
+    out: dict[str, Task] = {}
+    for name, task in tasks.items():
+        members = tuple(replace(m, model=budgeted(m.model)) if m.model is not None else m
+                        for m in task.confidence.ensemble_members)
+        out[name] = replace(task, model=budgeted(task.model),
+                            confidence=replace(task.confidence, ensemble_members=members))
+    return out
 
 
 def load_tasks(path: Path, env: Mapping[str, str] | None = None) -> TaskRegistry:
