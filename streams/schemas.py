@@ -33,6 +33,7 @@ SCHEMA_NAMES = (
     "drift_baseline",
     "drift_status",
     "review_queue_alert",
+    "answer_cache_entry",
 )
 
 #: Schemas of payloads that go elsewhere than a topic (the review-queue alert goes to a webhook).
@@ -51,6 +52,7 @@ SCHEMA_FOR_TOPIC = {
     "drift_summaries": "drift_summary",
     "baselines": "drift_baseline",
     "drift_status": "drift_status",
+    "answer_cache": "answer_cache_entry",
 }
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")

@@ -40,6 +40,7 @@ TOPIC_NAMES: dict[str, str] = {
     "drift_summaries": "drift.summaries",
     "baselines": "drift.baselines",
     "drift_status": "drift.status",
+    "answer_cache": "classify.answer-cache",
 }
 
 
@@ -392,6 +393,13 @@ VARIABLES: tuple[Var, ...] = (
         "on SIGTERM, seconds to finish the model calls in flight; the rest are handed back (replayed by the "
         "partition's next owner). Keep it under the orchestrator's kill deadline (Kubernetes "
         "`terminationGracePeriodSeconds`)"),
+    # The answer cache (streams/classify/answer_cache.py): no model call for a text already answered.
+    Var("STREAMS_ANSWER_CACHE_ENTRIES", "answer_cache_entries", "50000", Integer(0, 10_000_000),
+        "answers each worker keeps in memory for texts already answered (least recently used dropped first); "
+        "0 turns the answer cache off for every task. Per task: `answer_cache` in the task file"),
+    Var("STREAMS_ANSWER_CACHE_TTL_S", "answer_cache_ttl_s", "86400", Number(1, 365 * 86400.0),
+        "seconds a cached answer is served after the call that made it; also the retention of the "
+        "`classify.answer-cache` topic when the worker creates it on Kafka"),
     Var("STREAMS_WEB_HOST", "web_host", "127.0.0.1", Text(), "Faust web server address (loopback by default)"),
     Var("STREAMS_WEB_PORT", "web_port", "6066", Integer(0, 65535), "Faust web server port"),
     # Who may read review texts and answer them on the web pages (streams/ops/auth.py).
@@ -494,6 +502,8 @@ class Settings:
     session_timeout_s: float
     stop_grace_s: float
     stall_after_s: float
+    answer_cache_entries: int
+    answer_cache_ttl_s: float
     web_host: str
     web_port: int
     web_auth: str | None  # "ON" or "OFF"

@@ -20,7 +20,15 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 #: Topics whose latest record per key is the state (compacted where the broker supports it).
-COMPACTED = ("calibrators", "baselines", "drift_status")
+COMPACTED = ("calibrators", "baselines", "drift_status", "answer_cache")
+
+
+def topic_configs(logical: str, settings: Settings) -> dict[str, str]:
+    """Broker settings of a topic the worker creates. The answer cache is compacted (one entry per key) and also
+    deleted after its TTL, since an older entry is never served; both are ignored by brokers without them."""
+    if logical == "answer_cache":
+        return {"cleanup.policy": "compact,delete", "retention.ms": str(int(settings.answer_cache_ttl_s * 1000))}
+    return {"cleanup.policy": "compact"} if logical in COMPACTED else {}
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
@@ -49,7 +57,7 @@ async def _ensure(admin: AIOKafkaAdminClient, settings: Settings) -> dict[str, i
             name=name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication,
-            topic_configs={"cleanup.policy": "compact"} if logical in COMPACTED else {},
+            topic_configs=topic_configs(logical, settings),
         )
         for logical, name in wanted.items()
         if name not in existing

@@ -27,11 +27,15 @@ from aiokafka.errors import ConsumerStoppedError
 from faust.types import TP, EventT, StreamT
 
 from streams.calibration.store import calibrator_feed
+from streams.classify.answer_cache import AnswerCache, entry_bytes
 from streams.classify.inflight import InOrderRelease, Ticket
 from streams.classify.records import Source
 from streams.classify.service import Classifier
 from streams.classify.stall import AgentProgress
+from streams.confidence.methods import MethodResult
 from streams.faust_stop import forget_unacked, stop_fetching
+from streams.kafka_io import TopicFeed
+from streams.kafka_security import kafka_client_options
 from streams.ops.metrics import ServiceMetrics
 from streams.publishing import Publish
 
@@ -39,6 +43,11 @@ if TYPE_CHECKING:
     from streams.worker import Services
 
 log = logging.getLogger(__name__)
+
+#: New answer-cache entries waiting to be published; beyond this many they are dropped (each costs one call later).
+SHARE_QUEUE = 10_000
+#: How long a worker may take to read the answer-cache topic at start before it just follows it.
+ANSWER_LOAD_S = 600.0
 
 
 class InFlight:
@@ -163,6 +172,9 @@ def register(s: Services) -> None:
         with contextlib.suppress(ConsumerStoppedError):  # the worker is shutting down
             await feed.follow()
 
+    if s.answers is not None:
+        share_answers(s, s.answers)
+
     @app.timer(interval=10.0)
     async def progress() -> None:
         try:  # an exception inside a Faust timer stops the worker
@@ -171,3 +183,57 @@ def register(s: Services) -> None:
                          sum(i.release.pending() for i in instances))
         except Exception:
             log.exception("progress timer failed")
+
+def share_answers(s: Services, answers: AnswerCache) -> None:
+    """Every worker's answers in every worker's answer cache, through the answer-cache topic.
+
+    A cache topic that every worker reads whole (no group), rather than a Faust global table: the table's
+    recovery stops at `end_offsets()`, which Tansu reports short (as for the calibrators), and the topic is an
+    ordinary compacted one on Kafka. New entries are published off the request's path: queued (bounded; the
+    cache is an optimisation, so a full queue drops) and sent without waiting for each acknowledgement. The
+    topic is read in the background, not before the first request: until it is, a repeat is merely called
+    again. Expired entries are skipped on reading (`AnswerCache.apply`), so a restart serves none.
+    """
+    app, settings = s.app, s.settings
+    topic = settings.topic("answer_cache")
+    pending: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=SHARE_QUEUE)
+
+    def on_store(key: str, task: str, stored_at: float, result: MethodResult) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            pending.put_nowait(entry_bytes(key, task, stored_at, result))
+
+    def sent(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("an answer-cache entry was not published (%r); that text will be called again elsewhere",
+                        fut.exception())
+
+    answers.on_store = on_store
+    feed = TopicFeed(settings.bootstrap_servers, topic, answers.apply, kafka_client_options(settings))
+    app.stopping.append(feed.stop)
+
+    @app.task
+    async def publish_answers() -> None:
+        producer = await app.maybe_start_producer()
+        while True:
+            key, value = await pending.get()
+            try:
+                asyncio.ensure_future(await producer.send(topic, key, value, None, None, None)).add_done_callback(sent)
+            except Exception as exc:  # noqa: BLE001 - the entry is lost, not the request
+                log.warning("an answer-cache entry was not published (%r)", exc)
+
+    @app.task
+    async def follow_answers() -> None:
+        on = sorted(name for name, t in s.tasks.tasks.items() if t.caches_answers)
+        log.info("answer cache on for %s (%d entries, TTL %g s), off for %s", on, answers.max_entries,
+                 answers.ttl_s, sorted(set(s.tasks.tasks) - set(on)) or "none")
+        with contextlib.suppress(ConsumerStoppedError):  # the worker is shutting down
+            try:
+                log.info("answer cache: %d entries loaded from %s", await feed.load(ANSWER_LOAD_S), topic)
+            except TimeoutError as exc:
+                log.warning("answer cache: %s; following the topic from where the read got to", exc)
+            except (asyncio.CancelledError, ConsumerStoppedError):
+                raise
+            except Exception:  # the cache is an optimisation: the worker goes on with its own answers
+                log.exception("answer cache: reading %s failed; this worker keeps its own answers only", topic)
+                return
+            await feed.follow()

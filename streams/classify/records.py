@@ -39,10 +39,12 @@ def classification_record(
     calibrator_version: str,
     model_error: str | None = None,
     audit: bool = False,
+    cached: bool = False,
 ) -> dict[str, Any]:
     """A ClassificationResult (decision auto) or a ReviewItem (decision review, with the text).
 
-    `result` is None when the model call failed (`model_error` says how).
+    `result` is None when the model call failed (`model_error` says how); `cached`: it is an answer made for an
+    earlier request with the same text (streams/classify/answer_cache.py), and this request made no call.
     """
     idx = route.label_index
     raw = result.raw if result is not None else None
@@ -66,6 +68,7 @@ def classification_record(
             "cached_tokens": result.cached_tokens if result else 0,
         },
         "latency_ms": round(result.latency_ms, 3) if result else None,
+        "cached": cached,
         "metadata": request.metadata,
         "processed_at": now_iso(),
         "schema_version": SCHEMA_VERSION,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 
 from streams.calibration.registry import CalibratorRegistry
+from streams.classify.answer_cache import AnswerCache, served
 from streams.classify.model_client import ModelClient
 from streams.classify.probabilities import normalised_entropy
 from streams.classify.records import Source, classification_record, dead_letter_record
@@ -26,6 +28,7 @@ from streams.classify.requests import ClassificationRequest, parse_request
 from streams.classify.routing import Route, route
 from streams.confidence.capabilities import Capabilities
 from streams.confidence.methods import MethodResult, MethodRunner, choose_method, task_endpoints
+from streams.confidence.names import ENSEMBLE
 from streams.confidence.probe import ProbeCache
 from streams.errors import BadRequest, ModelError
 from streams.ops.tracing import Headers, Tracing, trace_headers
@@ -50,7 +53,7 @@ class Classifier:
 
     def __init__(self, tasks: TaskRegistry, model: ModelClient, max_text_chars: int, excerpt_bytes: int,
                  calibrators: CalibratorRegistry | None = None, observe: Observe | None = None,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, answers: AnswerCache | None = None) -> None:
         self.tasks = tasks
         self.model = model
         self.max_text_chars = max_text_chars
@@ -60,6 +63,8 @@ class Classifier:
         self.tracing = tracing if tracing is not None else Tracing()
         self.runner = MethodRunner(model)
         self.probes = ProbeCache(model)
+        #: Raw answers of texts already answered, for tasks whose `caches_answers` (None: every call is made).
+        self.answers = answers
 
     def caps_of(self, endpoint: ModelEndpoint) -> Capabilities | None:
         """The endpoint's probed capabilities, as cached (None until probed)."""
@@ -118,9 +123,13 @@ class Classifier:
         calibrator = self.calibrators.calibrator(task.name, method, task.model.name)
         result: MethodResult | None = None
         model_error: str | None = None
+        cached = False
         try:
-            result = await self.runner.run(task, method, request.text, request.id, self.caps_of,
-                                           self.member_calibrated(task))
+            if self.answers is not None and task.caches_answers:
+                result, cached = await self._answer(self.answers, task, method, request)
+            else:
+                result = await self.runner.run(task, method, request.text, request.id, self.caps_of,
+                                               self.member_calibrated(task))
         except ModelError as exc:
             model_error = f"{exc.kind}: {exc.message}"
         calibrated: np.ndarray | None = None
@@ -140,7 +149,7 @@ class Classifier:
 
         def build(d: Route, audit: bool = False) -> Output:
             record = classification_record(request, task.labels, d, method, result, calibrated, entropy,
-                                           task.model.name, calibrator.version, model_error, audit)
+                                           task.model.name, calibrator.version, model_error, audit, cached)
             return Output("results" if d.decision == "auto" else "review", request.id.encode(), orjson.dumps(record))
 
         outputs = [build(decision)]
@@ -148,6 +157,20 @@ class Classifier:
             # Labels from audited confident items keep accuracy on auto-accepted traffic measurable.
             outputs.append(build(Route("review", "audit", decision.label_index), audit=True))
         return outputs
+
+    async def _answer(self, answers: AnswerCache, task: Task, method: str,
+                      request: ClassificationRequest) -> tuple[MethodResult, bool]:
+        """(raw answer, whether it came without a call): from the cache, an identical call in flight, or the model.
+        Cached before calibration, so the calibrator in force and routing apply to it as to a fresh answer."""
+        started = time.perf_counter()
+        members: tuple[str, ...] = ()
+        if method == ENSEMBLE:  # members are calibrated before pooling: their calibrators are part of the answer
+            members = tuple(self.calibrators.calibrator(task.name, m.method, (m.model or task.model).name).version
+                            for m in task.confidence.ensemble_members)
+        key = answers.key(task, method, request.text, request.id, members)
+        result, outcome = await answers.answer(key, task.name, lambda: self.runner.run(
+            task, method, request.text, request.id, self.caps_of, self.member_calibrated(task)))
+        return (result, False) if outcome == "miss" else (served(result, started), True)
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, error_type: str, message: str,
                      stage: str, source: Source, request_id: str | None) -> Output:

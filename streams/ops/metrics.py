@@ -68,6 +68,11 @@ class ServiceMetrics:
         self.cost = Counter(f"{NS}_estimated_cost_usd", "Estimated model cost from STREAMS_TOKEN_PRICES, cached "
                             "prompt tokens at their own price (only tasks whose model has a price)", ["task"],
                             registry=r)
+        self.answer_cache = Counter(f"{NS}_answer_cache", "Answer cache lookups by outcome: hit (answered from the "
+                                    "cache), coalesced (waited for an identical call in flight), miss (called the "
+                                    "model); tasks with the cache on only", ["task", "outcome"], registry=r)
+        self.answer_cache_entries = Gauge(f"{NS}_answer_cache_entries", "Answers this worker holds in its answer "
+                                          "cache (STREAMS_ANSWER_CACHE_ENTRIES at most)", registry=r)
         self.state = StateCollector()
         r.register(self.state)
 
@@ -90,6 +95,10 @@ class ServiceMetrics:
             return  # the same request was counted as auto: its confidence too
         if confidence is not None:
             self.confidence.labels(task, outcome).observe(confidence)
+
+    def answer_cache_lookup(self, task: str, outcome: str) -> None:
+        """The answer cache's observer: one lookup of a request of `task` (hit, coalesced or miss)."""
+        self.answer_cache.labels(task, outcome).inc()
 
     # The model client's CallObserver: every call, whichever method, canary or probe made it.
     def call_started(self, task: str) -> None:

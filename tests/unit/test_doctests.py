@@ -31,6 +31,7 @@ MODULES = [
     "streams.drift.episodes",
     "streams.drift.canary_stats",
     "streams.classify.stall",
+    "streams.classify.answer_cache",
     "streams.classify.concurrency",
     "streams.localdev.serving_limits",
 ]

@@ -85,6 +85,7 @@ def _filled_metrics() -> ServiceMetrics:
     m.observe_record("review", {"task": "sentiment", "decision": "review", "confidence": 0.6,
                                 "review_reason": "low_confidence"})
     m.retries.inc()  # what count_retries does on the openai client's "Retrying request" log line
+    m.answer_cache_lookup("sentiment", "hit")  # what the answer cache tells it on each lookup
     return m
 
 
