@@ -12,7 +12,9 @@ queueing + service time, as vLLM and llama.cpp behave) is driven, in one run, by
 2. **the worker** (`python -m streams worker`, every setting at its default: no limit configured) over a
    backlog; the slots drop mid-run by `POST /control`, and the p95 latency is followed every 5 s until it
    is back within 1.25x of the direct generator's at the new capacity;
-3. **a hand-written aiokafka + openai consumer** (`bench/handwritten_consumer.py`, 64 calls in flight, the
+3. **the same worker with its limit fixed by hand** at the direct generator's best number of callers:
+   how much the adaptive limit costs against knowing the answer;
+4. **a hand-written aiokafka + openai consumer** (`bench/handwritten_consumer.py`, 64 calls in flight, the
    same commit rule): what a user would write instead.
 
 Latency is measured at the server (arrival to answer, `GET /stats?window_s=`), the same point for all
@@ -96,8 +98,9 @@ async def direct(base_url: str, concurrency: int, seconds: float) -> None:
         await client.close()
 
 
-def sweep(server: Server, slots: int, seconds: float) -> tuple[float, float]:
-    """Direct generator over a range of concurrencies; (best throughput, lowest p95 within 95% of it)."""
+def sweep(server: Server, slots: int, seconds: float) -> tuple[float, float, int]:
+    """Direct generator over a range of concurrencies; (best throughput, lowest p95 within 95% of it, and the
+    number of callers that gave that p95)."""
     rows = []
     for c in sorted({max(1, slots // 2), slots * 3 // 4, slots, slots + slots // 8, slots * 5 // 4, slots * 3 // 2,
                      slots * 2}):
@@ -109,11 +112,11 @@ def sweep(server: Server, slots: int, seconds: float) -> tuple[float, float]:
     c, _, p95 = min((row for row in rows if row[1] >= 0.95 * best), key=lambda row: row[2])
     print(f"  ceiling at {slots} slots: {best:.1f} calls/s; p95 {p95:.0f} ms at {c} callers (the lowest p95 "
           "within 95% of the best throughput)")
-    return best, p95
+    return best, p95, c
 
 
 def worker_run(bench: Bench, model: SyntheticModel, server: Server, args: argparse.Namespace,
-               best: tuple[float, float], best_after: tuple[float, float]) -> None:
+               best: tuple[float, float, int], best_after: tuple[float, float, int]) -> None:
     w = bench.worker(model.base_url, int(ENV_DEFAULTS["STREAMS_MAX_IN_FLIGHT"]))  # the default: no limit configured
     # Enough that the backlog outlasts the run (start-up, adaptation, both phases); the rest is left unread.
     n = int(best[0] * (args.seconds + 90) + best_after[0] * (args.seconds_after + 30))
@@ -164,7 +167,27 @@ def limit_of(port: int, headers: dict[str, str]) -> str:
                      if line.startswith("llm_classify_model_concurrency_limit{")) or "?"
 
 
-def handwritten_run(bench: Bench, server: Server, args: argparse.Namespace, best: tuple[float, float]) -> None:
+def fixed_run(bench: Bench, model: SyntheticModel, server: Server, args: argparse.Namespace,
+              best: tuple[float, float, int]) -> None:
+    """The same worker with its limit fixed by hand at the direct generator's best number of callers."""
+    c = best[2]
+    w = bench.worker(model.base_url, c, {"STREAMS_MIN_IN_FLIGHT": str(c)})
+    asyncio.run(produce(bench.bootstrap, w.topic("requests"), requests(int(best[0] * (args.seconds + 60)), "f")))
+    proc = wait_ready(bench.child(w.process()), timeout_s=120)
+    try:
+        while server.window(5.0)[0] < 1.0:
+            time.sleep(0.5)
+        time.sleep(args.seconds)
+        rate, p95 = server.window(args.seconds - 20.0)
+        print(f"  worker with the limit fixed by hand at {c} (STREAMS_MIN_IN_FLIGHT = STREAMS_MAX_IN_FLIGHT), at "
+              f"{args.slots} slots ({load()}):")
+        print(f"    {rate:6.1f} msg/s = {rate / best[0]:.1%} of the ceiling; p95 {p95:.0f} ms = "
+              f"{(p95 or 0) / best[1]:.2f}x the ceiling's")
+    finally:
+        proc.stop()
+
+
+def handwritten_run(bench: Bench, server: Server, args: argparse.Namespace, best: tuple[float, float, int]) -> None:
     tag = uuid.uuid4().hex[:8]
     src, dst, group = f"hand-{tag}.in", f"hand-{tag}.out", f"hand-{tag}"
     asyncio.run(create_topics(bench.bootstrap, [src, dst]))
@@ -209,6 +232,7 @@ def main() -> None:
             best_after = sweep(server, args.slots_after, args.sweep_seconds)
             server.slots(args.slots)
             worker_run(bench, model, server, args, best, best_after)
+            fixed_run(bench, model, server, args, best)
             handwritten_run(bench, server, args, best)
 
 

@@ -118,7 +118,7 @@ class AdaptiveLimit:
             self._overloaded = True
         elif rtt_s > 0:
             self._window.append(rtt_s)
-        if self._seen >= max(5, math.ceil(self.allowed / 2)):
+        if self._seen >= max(10, self.allowed):
             self._close_window()
 
     def _close_window(self) -> None:
@@ -134,14 +134,14 @@ class AdaptiveLimit:
             queued = limit * (1.0 - rtt0 / rtt)
             # At least half a call and one call: at small limits a share of the limit is less than the
             # latency noise of one exchange.
-            low, high = max(0.5, self.alpha * limit), max(1.0, self.beta * limit)
+            low, high = max(0.3, self.alpha * limit), max(0.75, self.beta * limit)
             if probing:
                 pass  # the probe measured rtt0; its queue estimate is of a different limit
             elif queued > high:
                 limit = limit * rtt0 / rtt * (1.0 + self.alpha)  # straight to the estimated capacity
             elif queued < low and self._window_peak >= limit / 2:  # only a used limit may grow
                 limit += limit if self._slow_start else max(1.0, self.alpha * limit)
-            if queued >= low:
+            if queued > high:
                 self._slow_start = False
         limit = min(max(limit, float(self.floor)), float(self.ceiling))
         if limit < self.limit:

@@ -24,6 +24,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.classify.concurrency import AdaptiveLimit, ConcurrencyGate
+from streams.classify.pacing import Pacer
 from streams.ops.metrics import ServiceMetrics
 from streams.ops.review_queue import ReviewQueue
 from streams.ops.stats import DriftHistory
@@ -80,6 +82,10 @@ def _filled_metrics() -> ServiceMetrics:
     m.state.queue, m.state.drift, m.state.clock = queue, drift, lambda: 1_767_225_660.0
     m.state.lag = {("classify.requests", 0): 5}
     m.state.stalled = [("classify.requests", 0)]
+    m.state.gates = {"http://model:8000/v1": ConcurrencyGate(AdaptiveLimit(1, 64, initial=12))}
+    pacer = Pacer(600, 60_000, share=0.5)  # an endpoint with a declared budget, after one 429
+    pacer.observe_headers({"retry-after-ms": "100"}, status=429)
+    m.state.pacers = {("http://model:8000/v1", "m"): pacer}
     m.call_started("sentiment")
     m.call_finished("sentiment", "m", 0.3, "http_status", 100, 2)  # a failed call that still used tokens
     m.observe_record("review", {"task": "sentiment", "decision": "review", "confidence": 0.6,
