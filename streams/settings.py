@@ -385,6 +385,10 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_MODEL_TIMEOUT_S", "model_timeout_s", "30", Number(0.1, 3600), "seconds per model call"),
     Var("STREAMS_MODEL_MAX_RETRIES", "model_max_retries", "4", Integer(0, 20),
         "retries per model call; they back off exponentially and honour Retry-After"),
+    Var("STREAMS_MODEL_PACING", "model_pacing", "on", Choice(("ON", "OFF")),
+        "OFF sends model calls unpaced: the task file's `requests_per_minute` / `tokens_per_minute` and the "
+        "servers' `x-ratelimit-*` headers are ignored (429s are still counted); for comparisons",
+        blank_is_default=True),
     Var("STREAMS_SESSION_TIMEOUT_S", "session_timeout_s", "30", Number(1, 600), "consumer session timeout (seconds)"),
     Var("STREAMS_STALL_AFTER_S", "stall_after_s", "90", Number(1, 86400),
         "a requests partition with requests waiting and none done for this long, while the worker sat idle, "
@@ -499,6 +503,7 @@ class Settings:
     deadletter_excerpt_bytes: int
     model_timeout_s: float
     model_max_retries: int
+    model_pacing: str | None  # "ON" or "OFF"
     session_timeout_s: float
     stop_grace_s: float
     stall_after_s: float
@@ -537,6 +542,10 @@ class Settings:
     @property
     def web_auth_enabled(self) -> bool:
         return self.web_auth != "OFF"
+
+    @property
+    def model_pacing_enabled(self) -> bool:
+        return self.model_pacing != "OFF"
 
     @property
     def bootstrap_servers(self) -> str:

@@ -29,6 +29,7 @@ from faust.types import TP, EventT, StreamT
 from streams.calibration.store import calibrator_feed
 from streams.classify.answer_cache import AnswerCache, entry_bytes
 from streams.classify.inflight import InOrderRelease, Ticket
+from streams.classify.pacing import budget_share
 from streams.classify.records import Source
 from streams.classify.service import Classifier
 from streams.classify.stall import AgentProgress
@@ -152,6 +153,20 @@ def register(s: Services) -> None:
         for inflight in instances:
             inflight.revoke(revoked)
 
+    @app.on_partitions_assigned.connect
+    async def on_partitions_assigned(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
+        """Each worker paces its model calls under its share of every endpoint's budget: its share of the
+        requests topic's partitions (docs/ARCHITECTURE.md, *Rate-limit budgets*)."""
+        assigned: set[TP] = args[0]  # the whole new assignment, every topic's
+        mine = sum(1 for tp in assigned if tp.topic == requests_topic)
+        try:  # the count the broker reports; the one the worker creates topics with if it has none yet
+            total = sender.consumer.topic_partitions(requests_topic) or settings.partitions
+        except Exception:  # noqa: BLE001 - an exception here would crash the rebalance: fall back
+            total = settings.partitions
+        share = budget_share(mine, total)
+        s.model.set_share(share)
+        log.info("model budget share %.3f: %d of the %d partitions of %s", share, mine, total, requests_topic)
+
     @app.agent(s.topics["requests"], name="classify")
     async def classify(stream: StreamT) -> None:
         inflight = InFlight(settings.max_in_flight, s.classifier, s.publish, s.metrics, counts, s.progress)
@@ -183,6 +198,7 @@ def register(s: Services) -> None:
                          sum(i.release.pending() for i in instances))
         except Exception:
             log.exception("progress timer failed")
+
 
 def share_answers(s: Services, answers: AnswerCache) -> None:
     """Every worker's answers in every worker's answer cache, through the answer-cache topic.

@@ -7,10 +7,13 @@ retry, and a worker that learns its budget only from refusals sends bursts that 
 
 - **Two token buckets**, one for requests and one for tokens, refilled continuously at this process's
   share of the per-minute budget (`share * per_minute / 60` a second). They hold at most `burst_s`
-  seconds of refill (1 s by default) and start full: a hosted API may enforce a minute's budget over
-  shorter periods (OpenAI says so of its limits), and several workers starting together must not spend a
-  minute's budget in their first second. A call that costs more than a bucket holds waits for a full
-  bucket and leaves a debt, so no call size is ever refused here.
+  seconds of refill (half a second by default) and start full: a hosted API may enforce a minute's budget
+  over shorter periods (OpenAI says so of its limits: 600 a minute as 10 a second), and several workers
+  starting together must not spend a minute's budget in their first second. Half a second rather than one:
+  against a server that enforces per second, a worker sending at the full rate then leaves the server's
+  bucket half full, room for calls that reach it closer together than they were sent (connection set-up,
+  scheduling); with a one-second bucket the same test saw a 429 in 30 calls. A call that costs more than a
+  bucket holds waits for a full bucket and leaves a debt, so no call size is ever refused here.
 - **Tokens are estimated before the call** (`estimate`): the prompt's characters times a tokens-per-character
   ratio learnt per endpoint from the usage the server reports (`learn`: prompt tokens over prompt
   characters, an average in which each answer weighs 2%, starting from English's usual 4 characters a
@@ -22,15 +25,17 @@ retry, and a worker that learns its budget only from refusals sends bursts that 
 - **The server's word wins** (`observe_headers`). OpenAI-style answers carry `x-ratelimit-remaining-*`,
   `x-ratelimit-reset-*` ("1s", "6m0s", "20ms") and `x-ratelimit-limit-*` for requests and tokens. The last
   ones seen bound what this process may send: what remained then, times its share, plus the server's refill
-  since (`(limit - remaining) / reset` a second; with no limit header, the declared budget's rate, else
-  nothing until the reset), minus what this process admitted since and what it had admitted and not yet
-  seen answered then (those may not have been counted yet: conservative by the calls in flight). A budget
+  since (`(limit - remaining) / reset` a second, at most `limit / 60`; with no limit header, the declared
+  budget's rate, else nothing until the reset), minus what this process admitted since and what it had
+  admitted and not yet seen answered then (those may not have been counted yet: conservative by the calls
+  in flight). A budget
   declared above the server's, another client spending the same key, or a restart that finds the budget
   spent therefore do not turn into refused calls. Headers are followed without a declared budget too. A
   429's `retry-after-ms` (or `Retry-After` in seconds) holds every caller, not only the refused one: all
   would be refused until then.
 - **Callers wait in arrival order**: an `asyncio.Lock` is first-in first-out, and its holder sleeps until
-  the budget fits its call (waking at least every `recheck_s` to see a new share or new headers). The
+  the budget fits its call, woken early when budget comes back (a usage below the estimate, new headers, a
+  new share), and at least every `recheck_s`. The
   model client waits here before it takes room under the endpoint's concurrency limit, so waiting for
   budget holds no room and counts against no call timeout.
 
@@ -57,10 +62,10 @@ time, so the example runs at once:
 ...         pacer.done(cost)  # answered
 ...     return now[0]
 
-Thirty calls: the first ten fit the one-second burst, the other twenty come every 0.1 s.
+Thirty calls: the first five fit the half-second burst, the other 25 come every 0.1 s.
 
 >>> round(asyncio.run(calls(30)), 3)
-2.0
+2.5
 
 The server reports 50 prompt tokens for each: `settle` returns the unused estimate to the token bucket,
 and `learn` moves the ratio towards 50 / 396.
@@ -71,7 +76,7 @@ and `learn` moves the ratio towards 50 / 396.
 >>> pacer.estimate(396, 1)
 52
 
-A second later this worker's own buckets are full again (10 requests), but the server says only 2 requests
+A second later this worker's own buckets are full again (5 requests), but the server says only 2 requests
 remain, filling up again in 59.8 s (10 a second): two calls go at once, the third waits 0.1 s for the
 server's refill.
 
@@ -95,9 +100,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BURST_S = 1.0  # seconds of refill a bucket holds (see the module docstring)
+BURST_S = 0.5  # seconds of refill a bucket holds (see the module docstring)
 CHARS_PER_TOKEN = 4.0  # the prior: English text with the common tokenizers
-RATIO_PRIOR_CHARS = 4000.0  # the prior weighs as much as this many characters of reported usage
+RATIO_PRIOR_CHARS = 1000.0  # the prior weighs as much as this many characters of reported usage (a few calls)
 RATIO_MEMORY = 0.98  # each reported usage keeps 98% of the weight of what came before
 RECHECK_S = 0.5  # a waiting caller looks again this often (a new share or new headers may let it go)
 DEFAULT_WINDOW_S = 60.0  # how long a server's word holds when it names no reset time
@@ -258,6 +263,7 @@ class Pacer:
         self._hold_until = 0.0  # a 429's Retry-After holds every caller
         self._ratio_chars, self._ratio_tokens = RATIO_PRIOR_CHARS, RATIO_PRIOR_CHARS / CHARS_PER_TOKEN
         self._lock = asyncio.Lock()
+        self._waker: asyncio.Future[None] | None = None  # set while the head caller sleeps; `_poke` wakes it
         self._waiting = 0
         #: 429 answers seen (every HTTP answer, the openai client's retries included), and seconds callers
         #: spent waiting here: read by the metrics.
@@ -282,6 +288,7 @@ class Pacer:
         for kind, bucket in self._buckets.items():
             rate = share * (self.per_minute[kind] or 0.0) / 60.0
             bucket.resize(rate, rate * self.burst_s, now)
+        self._poke()
 
     def estimate(self, prompt_chars: int, max_tokens: int) -> int:
         """Tokens a call will be metered: its prompt by the learnt ratio, plus the completion tokens it may use."""
@@ -322,7 +329,7 @@ class Pacer:
         try:
             async with self._lock:
                 while (wait := self._wait_s(tokens, self._clock())) > 0:
-                    await self._sleep(min(wait, self.recheck_s))
+                    await self._pause(min(wait, self.recheck_s))
                 now = self._clock()
                 need = {"requests": 1.0, "tokens": float(tokens)}
                 for kind, bucket in self._buckets.items():
@@ -337,6 +344,20 @@ class Pacer:
         self.waited_s += waited
         return waited
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake early when budget comes back (`settle`, new headers, a new share)."""
+        waker = self._waker = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            self._waker = None
+
+    def _poke(self) -> None:
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+
     def done(self, tokens: int) -> None:
         """An admitted call was answered (its answer's headers are observed after this), or given up."""
         self._open["requests"] = max(0.0, self._open["requests"] - 1)
@@ -347,6 +368,8 @@ class Pacer:
         bucket = self._buckets.get("tokens")
         if bucket is not None and actual >= 0:
             bucket.give(estimated - actual, self._clock())
+            if estimated > actual:
+                self._poke()
 
     def observe_headers(self, headers: Mapping[str, str], status: int = 200) -> None:
         """Follow an answer's rate-limit headers (any mapping; case as sent, or a case-insensitive one).
@@ -368,13 +391,16 @@ class Pacer:
             reset = parse_reset(reset_text) if reset_text is not None else None
             declared = self.per_minute[kind]
             if limit is not None and reset is not None and reset > 0:
-                refill = max(0.0, limit - remaining) / reset
+                # Never above limit / 60: an API that enforces its minute over shorter periods resets sooner
+                # than its per-minute limit refills.
+                refill = min(max(0.0, limit - remaining) / reset, limit / DEFAULT_WINDOW_S)
             elif limit is not None:
                 refill = limit / DEFAULT_WINDOW_S
             else:
                 refill = declared / DEFAULT_WINDOW_S if declared else 0.0
             until = now + (reset if reset is not None else DEFAULT_WINDOW_S)
             self._views[kind] = _ServerView(max(0.0, remaining), now, refill, limit, until, self._open[kind])
+            self._poke()
 
     def snapshot(self) -> dict[str, Any]:
         """For metrics: the share, what may be sent now of each budget (None: unbounded), calls waiting,

@@ -83,7 +83,9 @@ class Slots:
 
 
 class Budget:
-    """A per-minute budget as a token bucket: full at start, refilled at `per_minute / 60` a second.
+    """A per-minute budget as a token bucket: full at start, refilled at `per_minute / 60` a second. It holds
+    `burst_s` seconds of refill: 60, a minute's budget at once; less stands for an API that enforces its
+    per-minute limit over shorter periods (OpenAI says it may: 600 a minute as 10 a second).
 
     Examples
     --------
@@ -92,26 +94,32 @@ class Budget:
     (0.0, None, 1.0)
     >>> b.remaining(now=0.5), b.reset_s(now=0.5)
     (0, 59.5)
+    >>> q = Budget(600, now=0.0, burst_s=1.0)  # 600 a minute, enforced as 10 a second
+    >>> q.remaining(now=0.0), q.wait_s(11, now=0.0)
+    (10, inf)
     """
 
-    def __init__(self, per_minute: float, now: float | None = None) -> None:
+    def __init__(self, per_minute: float, now: float | None = None, burst_s: float = 60.0) -> None:
         if per_minute <= 0:
             raise ValueError("per_minute must be > 0")
+        if burst_s <= 0:
+            raise ValueError("burst_s must be > 0")
         self.limit = per_minute
         self._rate = per_minute / 60.0
-        self._level = float(per_minute)
+        self.capacity = self._rate * burst_s
+        self._level = self.capacity
         self._t = time.monotonic() if now is None else now
 
     def _refill(self, now: float | None) -> float:
         now = time.monotonic() if now is None else now
-        self._level = min(self.limit, self._level + (now - self._t) * self._rate)
+        self._level = min(self.capacity, self._level + (now - self._t) * self._rate)
         self._t = now
         return now
 
     def wait_s(self, amount: float, now: float | None = None) -> float:
-        """Seconds until `amount` fits (0 when it fits now; an amount over the limit never fits: inf)."""
+        """Seconds until `amount` fits (0 when it fits now; an amount over the capacity never fits: inf)."""
         self._refill(now)
-        if amount > self.limit:
+        if amount > self.capacity:
             return math.inf
         return max(0.0, (amount - self._level) / self._rate)
 
@@ -126,7 +134,7 @@ class Budget:
     def reset_s(self, now: float | None = None) -> float:
         """Seconds until the bucket is full again (OpenAI's `x-ratelimit-reset-*`)."""
         self._refill(now)
-        return (self.limit - self._level) / self._rate
+        return (self.capacity - self._level) / self._rate
 
 
 def duration(seconds: float) -> str:

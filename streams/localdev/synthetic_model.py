@@ -13,7 +13,8 @@ uniform jitter by default, or `--latency-dist lognormal|exponential` (mean `--la
 in for what bounds a real deployment (`streams.localdev.serving_limits`): `--slots N`, a self-hosted server
 decoding N requests at once with the rest queued (`POST /control {"slots": M}` changes N mid-run), and
 `--rpm R --tpm T`, a hosted API's per-minute budgets, answered with 429 + Retry-After when exceeded and
-OpenAI's `x-ratelimit-*` headers on every answer.
+OpenAI's `x-ratelimit-*` headers on every answer (`--burst-s S`: each budget holds S seconds of refill, 60 by
+default; `/stats` counts the 429s, `rate_limited`, and the tokens metered for the calls let through).
 
 Like a real server it keeps a prefix cache, reduced to what its usage reports: a prompt's tokens (here the
 whitespace-separated words of the last user message, which is also what `prompt_tokens` counts) that some
@@ -75,6 +76,8 @@ class SyntheticConfig:
     #: Rate-limited mode: requests and tokens per minute (0 = no limit), as a hosted API meters them.
     rpm: float = 0.0
     tpm: float = 0.0
+    #: Seconds of refill each budget holds: 60, a minute's budget at once; 1, the limit enforced per second.
+    burst_s: float = 60.0
     logprobs: bool = True  # False mimics providers that drop logprobs: the response has `logprobs: null`
     seed: int | None = None
     force_prob: float = 0.95  # probability of the label named by a `[[label=NAME]]` marker
@@ -94,6 +97,8 @@ class SyntheticConfig:
             problems.append("force_prob must be in (0, 1]")
         if min(self.latency_ms, self.latency_jitter_ms, self.max_concurrency, self.slots, self.rpm, self.tpm) < 0:
             problems.append("latency_ms, latency_jitter_ms, max_concurrency, slots, rpm and tpm must be >= 0")
+        if not self.burst_s > 0:
+            problems.append("burst_s must be > 0")
         if self.latency_dist not in LATENCY_DISTS:
             problems.append(f"latency_dist must be one of {', '.join(LATENCY_DISTS)}")
         if problems:
@@ -228,9 +233,10 @@ class SyntheticModelServer:
         self._requests = self._rejected = self._in_flight = self._max_in_flight = 0
         self._bearers: Counter[str] = Counter()  # SHA-256 of each bearer token seen -> calls; never the token
         self._slots = Slots(self.config.slots) if self.config.slots else None
-        self._budgets = {kind: Budget(limit) for kind, limit in (("requests", self.config.rpm),
-                                                                 ("tokens", self.config.tpm)) if limit}
+        self._budgets = {kind: Budget(limit, burst_s=self.config.burst_s)
+                         for kind, limit in (("requests", self.config.rpm), ("tokens", self.config.tpm)) if limit}
         self._rate_limited = 0
+        self._metered_tokens = 0  # tokens the budget charged for the calls it let through
         #: (answered at, seconds from arrival to answer: queueing + service) of recent answers, for `/stats`.
         self._answered: deque[tuple[float, float]] = deque(maxlen=500_000)
         self._cache = PrefixCache() if self.config.prefix_cache else None
@@ -255,6 +261,7 @@ class SyntheticModelServer:
             "queued": self._slots.queued if self._slots else 0,
             "max_queued_seen": self._slots.max_queued if self._slots else 0,
             "rate_limited": self._rate_limited,
+            "metered_tokens": self._metered_tokens,
             "latency": {"answers": len(recent), "p50_ms": _quantile_ms(recent, 0.5),
                         "p95_ms": _quantile_ms(recent, 0.95)},
             "bearer_sha256": dict(self._bearers),
@@ -319,6 +326,7 @@ class SyntheticModelServer:
             return _error(429, "rate_limit_exceeded", f"rate limit reached: retry in {wait:.2f} s", headers)
         for kind, budget in self._budgets.items():
             budget.take(need[kind])
+        self._metered_tokens += tokens
         return None
 
     async def _health(self, _: web.Request) -> web.Response:
@@ -417,6 +425,8 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
                         help="capacity mode: decoding slots; requests beyond them queue (0 = unlimited)")
     parser.add_argument("--rpm", type=float, default=0.0, help="rate-limited mode: requests per minute (0 = none)")
     parser.add_argument("--tpm", type=float, default=0.0, help="rate-limited mode: tokens per minute (0 = none)")
+    parser.add_argument("--burst-s", type=float, default=60.0,
+                        help="rate-limited mode: seconds of refill a budget holds (60: a minute's budget at once)")
     parser.add_argument("--no-logprobs", action="store_true", help="answer `logprobs: null`")
     parser.add_argument("--no-prefix-cache", action="store_true",
                         help="report no cached prompt tokens (a server without a prefix cache)")
@@ -430,6 +440,7 @@ def _parse_args(argv: list[str]) -> tuple[SyntheticConfig, str, int]:
         slots=args.slots,
         rpm=args.rpm,
         tpm=args.tpm,
+        burst_s=args.burst_s,
         logprobs=not args.no_logprobs,
         seed=args.seed,
         prefix_cache=not args.no_prefix_cache,

@@ -20,10 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.classify.concurrency import ConcurrencyGate
+from streams.classify.pacing import Pacer
 from streams.ops.cost import TokenPrice
 from streams.ops.review_queue import ReviewQueue
 from streams.ops.stats import DriftHistory, TrafficStats, outcome_of
@@ -142,9 +143,10 @@ class StateCollector(Collector):
         self.lag: dict[tuple[str, int], int] = {}
         self.stalled: list[tuple[str, int]] = []  # from streams.classify.stall, set by the ops sampler
         self.gates: Mapping[str, ConcurrencyGate] = {}  # the model client's, by endpoint base URL
+        self.pacers: Mapping[tuple[str, str], Pacer] = {}  # the model client's, by (base URL, model)
         self.clock: Callable[[], float] = time.time
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         if self.queue is not None:
             depth = GaugeMetricFamily(f"{NS}_review_queue_depth", "Review items waiting for an answer", labels=["task"])
             age = GaugeMetricFamily(f"{NS}_review_queue_oldest_age_seconds",
@@ -201,6 +203,33 @@ class StateCollector(Collector):
             limit.add_metric([endpoint], gate.limit.limit)
             waiting.add_metric([endpoint], gate.waiting)
         yield from (limit, waiting)
+        yield from self._pacing()
+
+    def _pacing(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Each endpoint's budget as this worker sees it (streams.classify.pacing), and the 429s it got."""
+        labels = ["endpoint", "model"]
+        share = GaugeMetricFamily(f"{NS}_model_budget_share", "Part of the endpoint's requests/tokens per minute "
+                                  "this worker may use (its share of the requests partitions)", labels=labels)
+        available = GaugeMetricFamily(f"{NS}_model_budget_available", "Requests or tokens this worker may send to "
+                                      "the endpoint now: its own bucket, bounded by the server's x-ratelimit "
+                                      "headers (no series while unbounded)", labels=[*labels, "kind"])
+        pacing = GaugeMetricFamily(f"{NS}_model_calls_pacing", "Model calls waiting in this worker for the "
+                                   "endpoint's budget", labels=labels)
+        waited = CounterMetricFamily(f"{NS}_model_pacing_wait_seconds", "Seconds model calls waited for the "
+                                     "endpoint's budget, all calls together", labels=labels)
+        refused = CounterMetricFamily(f"{NS}_model_rate_limited", "HTTP 429 answers from the endpoint, the openai "
+                                      "client's retried ones included", labels=labels)
+        for (url, model), pacer in sorted(self.pacers.items()):
+            snap = pacer.snapshot()
+            key = [_without_credentials(url), model]
+            share.add_metric(key, snap["share"])
+            for kind, value in snap["available"].items():
+                if value is not None:
+                    available.add_metric([*key, kind], value)
+            pacing.add_metric(key, snap["waiting"])
+            waited.add_metric(key, snap["waited_s"])
+            refused.add_metric(key, snap["rate_limited"])
+        yield from (share, available, pacing, waited, refused)
 
 
 def _without_credentials(url: str) -> str:

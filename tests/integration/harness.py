@@ -25,15 +25,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_tasks(path: Path, base_url: str, name: str = "sentiment", labels: tuple[str, ...] = ("fresh", "rotten"),
-                threshold: float = 0.6, examples: bool = True, model: str = "gemma3-270m") -> Path:
+                threshold: float = 0.6, examples: bool = True, model: str = "gemma3-270m",
+                model_extra: str = "") -> Path:
+    """A one-task file; `model_extra` adds lines to its [task.model] table (e.g. `requests_per_minute = 600`)."""
     shots = "".join(
         f'\n[[task.prompt.examples]]\ntext = "{t}"\nlabel = "{lbl}"\n'
         for t, lbl in [("A triumph: funny, moving and beautifully acted.", labels[0]),
                        ("A tedious, clumsy mess with bored actors.", labels[1])]
     ) if examples else ""
+    extra = f"{model_extra}\n" if model_extra else ""
     path.write_text(
         f'[[task]]\nname = "{name}"\nlabels = {orjson.dumps(list(labels)).decode()}\n'
-        f'[task.model]\nbase_url = "{base_url}"\nname = "{model}"\n'
+        f'[task.model]\nbase_url = "{base_url}"\nname = "{model}"\n{extra}'
         f'[task.routing]\nreview_threshold = {threshold}\nmin_label_mass = 0.5\n'
         f'[task.prompt]\ntemplate = "Review: {{text}}\\nAnswer {labels[0]} or {labels[1]}:"\n{shots}'
     )

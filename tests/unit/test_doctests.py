@@ -33,6 +33,7 @@ MODULES = [
     "streams.classify.stall",
     "streams.classify.answer_cache",
     "streams.classify.concurrency",
+    "streams.classify.pacing",
     "streams.localdev.serving_limits",
 ]
 

@@ -71,18 +71,18 @@ def admit_times(p: Pacer, clock: Clock, n: int, tokens: int = 1) -> list[float]:
 # --------------------------------------------------------------------------- buckets and refill
 
 
-def test_requests_are_spread_at_the_per_minute_rate_after_a_one_second_burst() -> None:
+def test_requests_are_spread_at_the_per_minute_rate_after_a_half_second_burst() -> None:
     clock = Clock()
     times = admit_times(pacer(clock, rpm=600), clock, 40)
-    assert times[:10] == [0.0] * 10  # 1 s of budget at once
-    gaps = [b - a for a, b in itertools.pairwise(times[9:])]
+    assert times[:5] == [0.0] * 5  # half a second of budget at once
+    gaps = [b - a for a, b in itertools.pairwise(times[4:])]
     assert all(g == pytest.approx(0.1) for g in gaps)
-    assert times[-1] == pytest.approx(3.0)  # 40 calls = 10 + 30 at 10 a second
+    assert times[-1] == pytest.approx(3.5)  # 40 calls = 5 + 35 at 10 a second
 
 
 def test_the_token_budget_binds_when_calls_are_large() -> None:
     clock = Clock()
-    p = pacer(clock, rpm=600, tpm=6000)  # 100 tokens a second
+    p = pacer(clock, rpm=600, tpm=6000, burst_s=1.0)  # 100 tokens a second, a bucket of 100
     times = admit_times(p, clock, 11, tokens=50)
     assert times[1] == 0.0 and times[2] == pytest.approx(0.5)  # two fit the 100-token burst, then one per 0.5 s
     assert times[-1] == pytest.approx(4.5)
@@ -174,7 +174,7 @@ def test_the_ratio_is_learnt_from_reported_usage() -> None:
 
 def test_settle_gives_back_an_overestimate_and_takes_an_underestimate() -> None:
     clock = Clock()
-    p = pacer(clock, tpm=6000)  # 100 a second, bucket 100
+    p = pacer(clock, tpm=6000, burst_s=1.0)  # 100 a second, bucket 100
 
     async def run() -> None:
         await p.admit(100)
