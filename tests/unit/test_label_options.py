@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import re
 import threading
+import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
 from streams.classify.model_client import ModelClient
+from streams.confidence import probe
+from streams.confidence.capabilities import Capabilities
 from streams.confidence.collisions import collision_problems, collisions, first_segment, refuse_collisions
 from streams.confidence.methods import MethodRunner
 from streams.confidence.names import METHOD_NAMES
@@ -217,3 +224,110 @@ def test_the_servers_tokenizer_decides_where_it_has_one(tokenizer: tuple[str, li
 def test_without_a_tokenizer_endpoint_the_text_rule_is_used() -> None:
     groups, how = collisions(_task(extra=""))  # nothing listens on port 9
     assert len(groups) == 2 and how.startswith("text rule")
+
+
+# ------------------------------------------------------------------------- the task file's many-label example
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK_FILES = (ROOT / "config" / "tasks.toml", ROOT / "deploy" / "k8s" / "tasks.toml")
+NO_SERVER = {"MODEL_BASE_URL": "http://127.0.0.1:9/v1", "MODEL_API_KEY": "placeholder"}
+
+
+def uncommented_example(path: Path) -> tuple[str, str]:
+    """(the task file with its commented many-label example uncommented in place, the example alone): the block
+    from the line "# [[task]]" to the first line that is not a comment, each line without its leading "# "."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line == "# [[task]]"]
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("#")), len(lines))
+    example = [line[2:] if line.startswith("# ") else "" for line in lines[start:end]]
+    return "\n".join([*lines[:start], *example, *lines[end:]]) + "\n", "\n".join(example) + "\n"
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=["config", "k8s"])
+def test_the_tasks_files_many_label_example_parses_and_validates_uncommented(path: Path) -> None:
+    shipped = parse_tasks(path.read_text(encoding="utf-8"), str(path), NO_SERVER)
+    whole, _ = uncommented_example(path)
+    registry = parse_tasks(whole, str(path), NO_SERVER)
+    assert list(registry.tasks) == [*shipped.tasks, "support_intent"], "the example adds a task, changes none"
+    t = registry.tasks["support_intent"]
+    assert len(t.labels) == 10 and t.codes == tuple("ABCDEFGHIJ") and all(t.descriptions)
+    assert t.prompt.option_order == "shuffled" and not t.accept_first_token_collisions
+    assert t.prompt.examples[0].answer == t.codes[t.labels.index("billing_dispute")]
+    assert "A) " in t.for_request("r1").prompt.messages("x")[0]["content"]
+    # The point of the example: its names share first words, which codes make harmless.
+    assert len(collisions(replace(t, codes=()), lambda ep, answers: None)[0]) == 3
+    assert collision_problems(registry, lambda ep, answers: None) == []
+
+
+def test_without_codes_the_example_is_refused_unless_it_accepts_the_loss() -> None:
+    whole, _ = uncommented_example(TASK_FILES[0])
+    off = whole.replace('codes = "letters"', 'codes = "off"')
+    (problem,) = collision_problems(parse_tasks(off, "tasks.toml", NO_SERVER), lambda ep, answers: None)
+    assert "(support_intent).labels: 'account_access' / 'account_deletion' / 'account_update'" in problem
+    accepting = off.replace("# accept_first_token_collisions = true", "accept_first_token_collisions = true")
+    assert collision_problems(parse_tasks(accepting, "tasks.toml", NO_SERVER), lambda ep, answers: None) == []
+
+
+def test_the_k8s_copy_of_the_example_differs_only_in_naming_the_api_key() -> None:
+    config, k8s = (tomllib.loads(uncommented_example(path)[1]) for path in TASK_FILES)
+    assert k8s["task"][0]["model"].pop("api_key_env") == "MODEL_API_KEY"
+    assert k8s == config
+
+
+# ------------------------------------------------------------------------ the probe command refuses collisions
+
+
+@pytest.fixture
+def synthetic_in_thread() -> Iterator[SyntheticModelServer]:
+    """The synthetic model (no /tokenize, so the text rule decides) on its own loop, for the blocking command."""
+    loop = asyncio.new_event_loop()
+    server = SyntheticModelServer(SyntheticConfig(list(NAMES), [0.2] * 5, seed=3))
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def _probe(tmp_path: Path, monkeypatch: Any, base_url: str, codes: bool) -> int:
+    tasks_file = tmp_path / "tasks.toml"
+    tasks_file.write_text(_toml(str(list(NAMES)).replace("'", '"'), 'codes = "letters"' if codes else "",
+                                base_url=base_url))
+    monkeypatch.setenv("STREAMS_TASKS_FILE", str(tasks_file))
+    return probe.main(["--cache", str(tmp_path / "probe.json")])
+
+
+def test_the_probe_command_exits_2_naming_colliding_labels_and_0_with_codes(
+        tmp_path: Path, monkeypatch: Any, capsys: Any, synthetic_in_thread: SyntheticModelServer) -> None:
+    """The code its docstring gives for a task the worker would refuse, with the worker's message."""
+    base_url = synthetic_in_thread.base_url
+    assert _probe(tmp_path, monkeypatch, base_url, codes=False) == 2
+    out, err = capsys.readouterr()
+    assert "answers sharing a first token (text rule (no tokenizer endpoint)): account_access, account_deletion" in out
+    (error,) = err.splitlines()
+    assert error.startswith("error: task[0] (support).labels: 'account_access' / 'account_deletion'; "
+                            "'billing_refund' / 'billing_invoice' start with the same first token")
+    assert 'codes = "letters"' in error and "accept_first_token_collisions = true" in error
+    assert _probe(tmp_path, monkeypatch, base_url, codes=True) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "answers sharing a first token" not in out
+
+
+def test_the_probe_command_asks_the_servers_tokenizer(
+        tmp_path: Path, monkeypatch: Any, capsys: Any, tokenizer: tuple[str, list[dict]]) -> None:
+    """Against a server with /tokenize (its capabilities already cached, so no chat calls): its first tokens
+    decide, so only the account_* labels collide (billing_* do not on this tokenizer)."""
+    base_url, bodies = tokenizer
+    caps = Capabilities(base_url, "synthetic", True, 20, True, False, True, True, True, 8)
+    (tmp_path / "probe.json").write_bytes(orjson.dumps({f"{base_url} synthetic": caps.to_json() | {"_stored": 4e9}}))
+    assert _probe(tmp_path, monkeypatch, base_url, codes=False) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"\(support\)\.labels: 'account_access' / 'account_deletion' start with the same first "
+                     rf"token \(tokenizer of {re.escape(base_url)}\)", err) and "billing" not in err.split(";")[0]
+    assert {b["content"] for b in bodies} >= set(NAMES)
+    assert _probe(tmp_path, monkeypatch, base_url, codes=True) == 0
