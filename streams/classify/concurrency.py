@@ -11,12 +11,17 @@ time `rtt0`, about `limit * (1 - rtt0 / rtt)` of them are waiting rather than be
   the first calls then measure the server unloaded.
 - The limit grows while the estimated queue is small (under `alpha` of the limit) and only when the
   calls actually filled it: a worker with little traffic learns nothing about the server's capacity.
-- When the queue estimate passes `beta` of the limit, the limit goes straight to the estimated capacity,
-  `limit * rtt0 / rtt`: a server that lost three quarters of its slots is met in one step.
+  Up to just under the limit where a queue last formed it grows every window; past it, only every
+  `probe_up_every` windows (as CUBIC slows near its last loss), since each step past the capacity
+  queues calls at the server.
+- When the queue estimate passes `beta` of the limit in two windows in a row, the limit goes to the
+  estimated capacity, `limit * rtt0 / rtt`, at most halving per window: a server that lost three
+  quarters of its slots is met in two steps, and one window slowed by the worker itself (an event-loop
+  pause, a busy core) is not taken for the server's queue.
 - An overload answer (429, a timeout, a 5xx) cuts the limit by `backoff`, at most once per window.
-- `rtt` is the median of a window of answers, not one answer, and `rtt0` the lowest window median
-  remembered, re-measured at half the limit now and then: texts of different lengths take different
-  times, and one short text must not set the bar for every other.
+- `rtt` is the median of a window of answers (at least 10, or the limit), not one answer, and `rtt0` the
+  lowest window median remembered, re-measured at half the limit now and then: texts of different lengths
+  take different times, and one short text must not set the bar for every other.
 
 The limit stays within [`floor`, `ceiling`]; `floor == ceiling` is a fixed limit.
 """
@@ -87,6 +92,10 @@ class AdaptiveLimit:
         self._seen = 0  # calls observed in this window, overloaded ones included
         self._window_peak = 0  # most calls in flight seen during the window
         self._overloaded = False
+        self._was_over = False  # the last window's queue estimate was above `beta`
+        self._cut_from = math.inf  # the limit the last cut came from
+        self._since_cut = 0  # windows since the last cut or step past `_cut_from`
+        self.probe_up_every = 10
         self._slow_start = True  # double per window until the first sign of a queue, as TCP's slow start
         self.epoch = 0  # bumped when the limit falls: calls started before then say nothing of the new limit
 
@@ -135,17 +144,27 @@ class AdaptiveLimit:
             # At least half a call and one call: at small limits a share of the limit is less than the
             # latency noise of one exchange.
             low, high = max(0.3, self.alpha * limit), max(0.75, self.beta * limit)
+            over = queued > high
             if probing:
                 pass  # the probe measured rtt0; its queue estimate is of a different limit
-            elif queued > high:
-                limit = limit * rtt0 / rtt * (1.0 + self.alpha)  # straight to the estimated capacity
-            elif queued < low and self._window_peak >= limit / 2:  # only a used limit may grow
-                limit += limit if self._slow_start else max(1.0, self.alpha * limit)
-            if queued > high:
+            elif over and (self._was_over or self._slow_start):
+                # Straight to the estimated capacity, at most halving: one window slowed by the worker itself
+                # (a pause of its event loop, a busy core) is not the server's queue, so it takes two in a row.
+                limit = max(limit / 2, limit * rtt0 / rtt * (1.0 + self.alpha))
                 self._slow_start = False
+            elif queued < low and self._window_peak >= limit / 2:  # only a used limit may grow
+                step = limit if self._slow_start else max(1.0, self.alpha * limit)
+                # Up to just under where a queue last formed freely; past it only now and then (as CUBIC
+                # slows near its last loss): each step past the capacity queues calls at the server.
+                if limit + step < self._cut_from * (1.0 - self.alpha) or self._since_cut >= self.probe_up_every:
+                    limit += step
+                    self._since_cut = 0
+            self._was_over = over and not probing
         limit = min(max(limit, float(self.floor)), float(self.ceiling))
+        self._since_cut += 1
         if limit < self.limit:
             self.epoch += 1
+            self._cut_from, self._since_cut = self.limit, 0
         self.limit = limit
         self._window.clear()
         self._seen = 0
