@@ -17,6 +17,7 @@ def test_demo_runs_end_to_end_and_prints_a_summary() -> None:
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "outputs received     13 for 13 requests, none missing" in out
     assert "all outputs accounted for: yes" in out
+    assert "(model_error)" not in out, "items went to review because the model calls failed:\n" + out[-3000:]
     assert "published calibrator movie_sentiment." in out and "ECE (15 equal bins)" in out
     for line in ("throughput", "review rate", "accuracy, all", "dead letters         5"):
         assert line in out, f"{line!r} missing from summary:\n{out[-2000:]}"
