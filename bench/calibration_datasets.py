@@ -20,7 +20,8 @@ sampling noise of one rate, about sqrt(p (1 - p) / n); a predictor whose confide
 bins has a higher floor on the same items, so ECE favours the constant on a few hundred test items.
 Inputs are clipped to [EPS, 1 - EPS] and renormalised once, for everyone, so all fit the same data.
 Then the signal verdict (`streams.calibration.signal`) on all the items, and the issue 19 acceptance
-checks: project ECE <= best netcal + 0.002 and <= constant + 0.005, project NLL <= best netcal NLL.
+checks: project ECE <= best netcal + 0.002 and <= constant + 0.005, project NLL <= best netcal NLL; and, as a
+diagnostic only, each one's ECE minus its floor (the part of the ECE that binning noise does not explain).
 
     .venv-bench/bin/python bench/calibration_datasets.py            # netcal needs torch: make bench-calibration
     .venv/bin/python bench/calibration_datasets.py --no-netcal      # project, raw and constant only
@@ -135,6 +136,8 @@ def verdicts(name: str, means: dict[str, dict[str, float]]) -> list[str]:
                      f"{'PASS' if ours['nll'] <= best_nll + 1e-12 else 'FAIL'}")
     lines.append(f"{name}: ECE {ours['ece']:.4f} <= constant {const['ece']:.4f} + 0.005: "
                  f"{'PASS' if ours['ece'] <= const['ece'] + 0.005 else 'FAIL'}")
+    lines.append(f"{name}: (diagnostic, not a criterion) ECE above its floor: project "
+                 f"{ours['ece'] - ours['floor']:+.4f}, constant {const['ece'] - const['floor']:+.4f}")
     return lines
 
 

@@ -23,12 +23,12 @@ import orjson
 if __package__ in (None, ""):  # run as `python bench/dataset_scores.py`: import bench from the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import DATASETS, Dataset
+from bench.datasets import DATASETS, Dataset, Row
 from streams.tasks import Task, load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = REPO / "bench" / "scores"
-DEFAULT_N = {"rotten_tomatoes": 600, "first_names": 800, "fortunes": 150}
+DEFAULT_N = {"rotten_tomatoes": 600, "first_names": 800, "fortunes": 380}
 SEED = 101
 KEEP = ("id", "label", "label_mass", "raw_probabilities", "error")
 
@@ -48,6 +48,22 @@ def scores_path(dataset: Dataset, n: int, seed: int = SEED) -> Path:
     return SCORES / f"{dataset.name}-{n}-{seed}-{key}.jsonl"
 
 
+def _cached_prefix(dataset: Dataset, rows: list[Row], seed: int) -> list[dict[str, Any]]:
+    """The scores of the longest cached run of the same data set, prompt and seed with fewer items.
+
+    Items are shuffled with the seed and then cut to n (`bench/datasets.py`), so the first n' of n rows
+    are the n' rows of the smaller run: those need not be scored again. Used only when every id matches.
+    """
+    for path in sorted(SCORES.glob(f"{dataset.name}-*-{seed}-*.jsonl"), key=lambda p: -int(p.name.split("-")[-3])):
+        n_small = int(path.name.split("-")[-3])
+        if n_small >= len(rows) or path != scores_path(dataset, n_small, seed):
+            continue
+        cached = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        if [rec["id"] for rec in cached] == [row[0] for row in rows[: len(cached)]]:
+            return cached
+    return []
+
+
 def dataset_scores(name: str, n: int | None = None, seed: int = SEED, concurrency: int = 8) -> list[dict[str, Any]]:
     """The cached scores of a data set's first n shuffled items, scored with the local model when missing."""
     dataset = DATASETS[name]
@@ -60,11 +76,14 @@ def dataset_scores(name: str, n: int | None = None, seed: int = SEED, concurrenc
     from streams.localdev.model_server import LocalModelServer
 
     rows = dataset.rows(n, seed)
-    print(f"scoring {len(rows)} items of {name} with the local model (kept in {path}) ...", file=sys.stderr)
+    reused = _cached_prefix(dataset, rows, seed)
+    todo = rows[len(reused):]
+    print(f"scoring {len(todo)} items of {name} with the local model ({len(reused)} reused from a smaller "
+          f"cached run; kept in {path}) ...", file=sys.stderr)
     with LocalModelServer(parallel=4) as server:
         task = dataset_task(dataset, dict(os.environ) | {"MODEL_BASE_URL": server.base_url})
-        scored = asyncio.run(score(task, rows, concurrency, ModelClient(60, 2)))
-    kept = [{k: rec[k] for k in KEEP if k in rec} for rec in scored]
+        scored = asyncio.run(score(task, todo, concurrency, ModelClient(60, 2)))
+    kept = reused + [{k: rec[k] for k in KEEP if k in rec} for rec in scored]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(b"\n".join(orjson.dumps(rec) for rec in kept) + b"\n")

@@ -47,10 +47,18 @@ def n_params(method: str, k: int) -> int | None:
             "vector": 2 * k, "label_bias": k, "beta": 3, "dirichlet": k * k + k}.get(method)
 
 
+MANY_LABELS_ONLY: frozenset[str] = frozenset({"vector"})
+"""With two labels, vector scaling's logit w1 ln p1 - w0 ln p0 + b1 - b0 is beta calibration's model, held
+toward the identity by its prior: a duplicate of beta that the prior fits worse when the model is far from
+calibrated (bench/README.md), so selection tries it for K > 2 only. Fitting it directly still works."""
+
+
 def unsuitable(method: str, k: int, n: int) -> str | None:
     """Why a method is not tried on n items over K labels, or None when it is."""
     if method in BINARY_ONLY and k != 2:
         return "two labels only"
+    if method in MANY_LABELS_ONLY and k == 2:
+        return "three labels or more (two: beta calibration)"
     params = n_params(method, k)
     if params is not None and params > 1 and n < ITEMS_PER_PARAMETER * params:
         return f"{params} parameters need >= {ITEMS_PER_PARAMETER * params} items"
