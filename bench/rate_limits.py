@@ -1,7 +1,7 @@
 """Rate-limit budgets: how much of a hosted API's per-minute budget the worker uses, and how often it is refused.
 Prints figures; asserts nothing.
 
-    python bench/rate_limits.py                          # every part: about 20 minutes
+    python bench/rate_limits.py                          # every part: about 25 minutes
     python bench/rate_limits.py --only requests --seconds 60
 
 The synthetic model (`python -m streams synthetic-model`) stands in for the hosted API in rate-limited mode:
@@ -21,7 +21,8 @@ request below the committed offsets must have an output: the rest would be lost.
   (the requests bind);
 - `tokens`: the same with 12,000 tokens a minute (the tokens bind: about 41 tokens a call);
 - `two`: two workers sharing the `tokens` budgets, 4 of the 8 partitions each: their calls together (let
-  through and refused) against the budget, and each worker's share;
+  through and refused) against the budget, and each worker's share; `two-requests`: the same with the
+  `requests` budgets;
 - `unpaced`: one worker with STREAMS_MODEL_PACING=off, the `requests` server: what the openai client's own
   Retry-After handling alone gives.
 
@@ -100,6 +101,7 @@ class Figures:
     refused: int
     tokens: int
     peak_per_minute: float  # calls sent (let through + refused) per minute in the busiest 60 s of the window
+    peak_tokens_per_minute: float  # tokens metered per minute in the busiest 60 s
     lost: int
     outputs: int
     committed: int
@@ -190,14 +192,16 @@ def run_part(part: Part, bootstrap: str, workdir: Path, server_burst_s: float) -
     t0, a0, r0, k0 = samples[0]
     t1, a1, r1, k1 = samples[-1]
     span = min(60.0, part.seconds)
-    peak = 0.0  # calls sent per minute in the busiest `span` seconds
-    for i, (t, a, r, _) in enumerate(samples):
+    peak = peak_tokens = 0.0  # calls sent, and tokens metered, per minute in the busiest `span` seconds
+    for i, (t, a, r, k) in enumerate(samples):
         later = [s for s in samples[i:] if s[0] - t <= span + 0.5]
         if later and later[-1][0] - t >= span - 1.0:
-            peak = max(peak, ((later[-1][1] - a) + (later[-1][2] - r)) * 60.0 / (later[-1][0] - t))
+            per_minute = 60.0 / (later[-1][0] - t)
+            peak = max(peak, ((later[-1][1] - a) + (later[-1][2] - r)) * per_minute)
+            peak_tokens = max(peak_tokens, (later[-1][3] - k) * per_minute)
     lost, outputs, committed, model_errors = lost_items(bootstrap, w)
-    return Figures(part, t1 - t0, a1 - a0, r1 - r0, k1 - k0, peak, lost, outputs, committed, model_errors,
-                   per_worker)
+    return Figures(part, t1 - t0, a1 - a0, r1 - r0, k1 - k0, peak, peak_tokens, lost, outputs, committed,
+                   model_errors, per_worker)
 
 
 def report(f: Figures) -> None:
@@ -214,7 +218,8 @@ def report(f: Figures) -> None:
           f"{f.tokens / max(1, f.accepted):.1f} per call")
     print(f"  answered 429       {f.refused:8d} = {f.refused / max(1, attempts):6.2%} of {attempts} calls sent")
     print(f"  calls sent (let through + refused) in the busiest {min(60.0, p.seconds):.0f} s: "
-          f"{f.peak_per_minute:.0f}/min (request budget {RPM}/min)")
+          f"{f.peak_per_minute:.0f}/min (request budget {RPM}/min); tokens metered there "
+          f"{f.peak_tokens_per_minute:.0f}/min (token budget {p.tpm}/min)")
     if f.per_worker:
         shares = ", ".join(f"share {s:.3f}: {c:.0f} calls" for s, c in f.per_worker)
         print(f"  per worker (its metrics, the whole run): {shares}")
@@ -224,7 +229,7 @@ def report(f: Figures) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="requests,tokens,two,unpaced")
+    parser.add_argument("--only", default="requests,tokens,two,two-requests,unpaced")
     parser.add_argument("--seconds", type=float, default=300.0, help="the paced one-worker runs")
     parser.add_argument("--short-seconds", type=float, default=180.0, help="the two-worker and unpaced runs")
     parser.add_argument("--server-burst-s", type=float, default=1.0,
@@ -234,6 +239,7 @@ def main() -> None:
     wanted = {p.strip() for p in args.only.split(",") if p.strip()}
     parts = [Part("requests", 60_000, seconds=args.seconds), Part("tokens", 12_000, seconds=args.seconds),
              Part("two", 12_000, workers=2, seconds=args.short_seconds),
+             Part("two-requests", 60_000, workers=2, seconds=args.short_seconds),
              Part("unpaced", 60_000, pacing=False, seconds=args.short_seconds)]
     print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; server budgets held for "
           f"{args.server_burst_s:g} s of refill; worker: 8 partitions, 64 in flight, 4 openai retries")
