@@ -3,25 +3,24 @@
 A fixed in-flight number is a guess: too low wastes a fast server, too high queues inside the server, so
 every item waits and calls time out, and against a hosted API it turns into a storm of 429s. A model
 server has a capacity (decoding slots, a provider's concurrency cap); past it, latency grows with the
-queue while throughput stays flat. `AdaptiveLimit` estimates that queue from latency, as TCP Vegas and
-Netflix's `VegasLimit` do: with `limit` calls in flight and round-trip time `rtt` against the no-load
-time `rtt0`, about `limit * (1 - rtt0 / rtt)` of them are waiting rather than being served.
+queue while throughput stays flat. A batching server (vLLM, llama.cpp) also answers each call more slowly
+as its batch grows, yet more calls per second in total, up to its capacity. So `AdaptiveLimit` judges a
+limit by what it buys: with `n` calls in flight and a median round trip `rtt`, the server answers
+`n / rtt` calls per second (Little's law), measured per window of answers.
 
-- The limit starts at the floor and doubles per window until the first sign of a queue (slow start);
-  the first calls then measure the server unloaded.
-- The limit grows while the estimated queue is small (under `alpha` of the limit) and only when the
-  calls actually filled it: a worker with little traffic learns nothing about the server's capacity.
-  Up to just under the limit where a queue last formed it grows every window; past it, only every
-  `probe_up_every` windows (as CUBIC slows near its last loss), since each step past the capacity
-  queues calls at the server.
-- When the queue estimate passes `beta` of the limit in two windows in a row, the limit goes to the
-  estimated capacity, `limit * rtt0 / rtt`, at most halving per window: a server that lost three
-  quarters of its slots is met in two steps, and one window slowed by the worker itself (an event-loop
-  pause, a busy core) is not taken for the server's queue.
+- The limit starts at the floor and doubles per window (slow start) while the extra calls keep paying.
+- More calls must buy at least `gain` of their proportional share of answers per second over the best
+  level measured below; if they do not (twice in a row: one window slowed by the worker itself, an
+  event-loop pause or a busy core, is not the server's doing), the limit goes back to that level. It grows
+  one step when two windows in a row paid, and past the limit it was last cut from only every
+  `probe_up_every` windows (as CUBIC slows near its last loss): each step past the capacity queues calls.
+- Far fewer answers than a lower level gave (under 80%): the server lost capacity; the limit goes straight
+  to what it now serves without a queue, `n * rtt0 / rtt` by the unloaded latency `rtt0`, at most halving.
+- With no lower level measured yet, the queue estimate of TCP Vegas decides: `n * (1 - rtt0 / rtt)` calls
+  are waiting rather than being served; under `alpha` of the limit it grows, over `beta` it falls.
 - An overload answer (429, a timeout, a 5xx) cuts the limit by `backoff`, at most once per window.
-- `rtt` is the median of a window of answers (at least 10, or the limit), not one answer, and `rtt0` the
-  lowest window median remembered, re-measured at half the limit now and then: texts of different lengths
-  take different times, and one short text must not set the bar for every other.
+- `rtt` is the median of a window of answers (at least 10, or the limit), and `rtt0` the lowest window
+  median remembered; every `probe_every` windows one window runs at half the limit, which re-measures both.
 
 The limit stays within [`floor`, `ceiling`]; `floor == ceiling` is a fixed limit.
 """
@@ -55,9 +54,10 @@ class AdaptiveLimit:
     backoff
         The factor applied to the limit on an overload answer (429, timeout, 5xx).
     probe_every
-        Every that many windows, one window runs at half the limit to re-measure the unloaded latency
-        (as BBR's ProbeRTT does): without it a limit that sat above capacity would take its own queueing
-        for the server's speed and creep upwards.
+        Every that many windows, one window runs at half the limit to re-measure the unloaded latency and
+        the rate at a lower level (as BBR's ProbeRTT does).
+    gain
+        The share of their proportional gain in answers per second that extra calls must buy to be kept.
 
     Examples
     --------
@@ -73,7 +73,7 @@ class AdaptiveLimit:
     """
 
     def __init__(self, floor: int = 1, ceiling: int = 64, initial: int = 1, *, alpha: float = 0.05,
-                 beta: float = 0.15, backoff: float = 0.7, probe_every: int = 100) -> None:
+                 beta: float = 0.15, backoff: float = 0.7, probe_every: int = 100, gain: float = 0.3) -> None:
         if not 1 <= floor <= ceiling:
             raise ValueError(f"need 1 <= floor <= ceiling, got floor={floor}, ceiling={ceiling}")
         if not 0 < alpha < beta:
@@ -92,7 +92,13 @@ class AdaptiveLimit:
         self._seen = 0  # calls observed in this window, overloaded ones included
         self._window_peak = 0  # most calls in flight seen during the window
         self._overloaded = False
-        self._was_over = False  # the last window's queue estimate was above `beta`
+        self._was_over_before = False  # the last window's queue estimate was above `beta`
+        self._was_unpaid = False  # the last window's extra calls did not buy their share of answers
+        self._paid_streak = 0  # windows in a row whose calls bought their share
+        #: answers per second (Little's law) at each number of calls in flight, and the window it was measured
+        self._rates: dict[int, tuple[float, int]] = {}
+        self.gain = gain
+        self.memory = 2 * probe_every + 1
         self._cut_from = math.inf  # the limit the last cut came from
         self._since_cut = 0  # windows since the last cut or step past `_cut_from`
         self.probe_up_every = 10
@@ -139,27 +145,17 @@ class AdaptiveLimit:
         elif self._window:
             rtt = self.rtt = statistics.median(self._window)
             self._medians.append(rtt)
-            rtt0 = self.rtt0 = min(self._medians)
-            queued = limit * (1.0 - rtt0 / rtt)
-            # At least half a call and one call: at small limits a share of the limit is less than the
-            # latency noise of one exchange.
-            low, high = max(0.3, self.alpha * limit), max(0.75, self.beta * limit)
-            over = queued > high
+            self.rtt0 = min(self._medians)
+            used = max(1, min(self._window_peak, int(limit)))  # calls in flight through this window
+            rate = used / rtt  # Little's law: answers per second at this many calls in flight
+            self._rates[used] = (rate, self._windows)
+            lower = {n: r for n, (r, w) in self._rates.items() if n < used and self._windows - w <= self.memory}
             if probing:
-                pass  # the probe measured rtt0; its queue estimate is of a different limit
-            elif over and (self._was_over or self._slow_start):
-                # Straight to the estimated capacity, at most halving: one window slowed by the worker itself
-                # (a pause of its event loop, a busy core) is not the server's queue, so it takes two in a row.
-                limit = max(limit / 2, limit * rtt0 / rtt * (1.0 + self.alpha))
-                self._slow_start = False
-            elif queued < low and self._window_peak >= limit / 2:  # only a used limit may grow
-                step = limit if self._slow_start else max(1.0, self.alpha * limit)
-                # Up to just under where a queue last formed freely; past it only now and then (as CUBIC
-                # slows near its last loss): each step past the capacity queues calls at the server.
-                if limit + step < self._cut_from * (1.0 - self.alpha) or self._since_cut >= self.probe_up_every:
-                    limit += step
-                    self._since_cut = 0
-            self._was_over = over and not probing
+                pass  # the probe measured a lower level; it decides nothing
+            elif lower:
+                limit = self._by_rate(limit, used, rtt, lower)
+            else:
+                limit = self._by_latency(limit, rtt)
         limit = min(max(limit, float(self.floor)), float(self.ceiling))
         self._since_cut += 1
         if limit < self.limit:
@@ -170,6 +166,52 @@ class AdaptiveLimit:
         self._seen = 0
         self._window_peak = 0
         self._overloaded = False
+
+    def _by_rate(self, limit: float, used: int, rtt: float, lower: dict[int, float]) -> float:
+        """More calls in flight must buy more answers per second: at least `gain` of their proportional share
+        over the best lower level. A batching server (vLLM, llama.cpp) answers more slowly per call and still
+        faster in total as the batch grows; past its capacity only latency grows."""
+        rate, best = used / rtt, max(lower, key=lower.__getitem__)
+        if rate < 0.8 * lower[best]:
+            # Far fewer answers than before at fewer calls: the server lost capacity (or got slower for good).
+            # Straight to what it serves now without a queue, by its unloaded latency, at most halving.
+            self._slow_start = False
+            return max(limit / 2, used * (self.rtt0 or rtt) / rtt * (1.0 + self.alpha))
+        paid = rate >= lower[best] * (1.0 + self.gain * (used - best) / best)
+        unpaid_twice, self._was_unpaid = not paid and self._was_unpaid, not paid
+        self._paid_streak = self._paid_streak + 1 if paid else 0
+        if not paid and (unpaid_twice or self._slow_start):
+            # Back to the level that gave the most; one slow window of the worker's own (an event-loop pause,
+            # a busy core) is not taken for the server's.
+            self._slow_start = False
+            return float(best)
+        if paid and (self._slow_start or self._paid_streak >= 2):  # growing adds latency: it takes two windows
+            return self._grow(limit)
+        return limit
+
+    def _by_latency(self, limit: float, rtt: float) -> float:
+        """Nothing measured at a lower level yet: the estimated queue at the server decides, as TCP Vegas."""
+        rtt0 = self.rtt0 or rtt
+        queued = limit * (1.0 - rtt0 / rtt)
+        low, high = max(0.3, self.alpha * limit), max(0.75, self.beta * limit)
+        over = queued > high
+        if over and (self._slow_start or self._was_over_before):
+            self._slow_start = False
+            self._was_over_before = over
+            return max(limit / 2, limit * rtt0 / rtt * (1.0 + self.alpha))
+        self._was_over_before = over
+        return self._grow(limit) if queued < low else limit
+
+    def _grow(self, limit: float) -> float:
+        if self._window_peak < limit / 2:  # only a used limit may grow
+            return limit
+        step = limit if self._slow_start else max(1.0, self.alpha * limit)
+        # Up to just under where the limit was last cut from; past it only now and then (as CUBIC slows near
+        # its last loss): each step past the capacity queues calls at the server.
+        if limit + step < self._cut_from * (1.0 - self.alpha) or self._since_cut >= self.probe_up_every:
+            self._since_cut = 0
+            return limit + step
+        return limit
 
 
 class ConcurrencyGate:
