@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import time
@@ -224,6 +225,11 @@ class ModelEndpointProcess(ChildProcess):
         self.wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s=30)
         return self
 
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`: a server stops gracefully only once every call it holds is
+        answered, and a test that leaves a call stuck (a hang, a 120 s latency) would wait 15 s for nothing."""
+        super().stop(timeout_s)
+
 
 class SyntheticModel(ModelEndpointProcess):
     """The project's synthetic OpenAI-compatible server as a real process."""
@@ -239,3 +245,39 @@ class FaultProxyProcess(ModelEndpointProcess):
 
     def __init__(self, workdir: Path, upstream: str, *flags: str) -> None:
         super().__init__("fault proxy", ["fault-proxy", "--upstream", upstream, *flags], workdir)
+
+
+def calls_in_flight(model: ModelEndpointProcess, worker_port: int | None = None) -> tuple[int, float]:
+    """(model calls open at the endpoint, from every worker; the worker's own `llm_classify_model_calls_in_flight`
+    gauge, or nan without `worker_port`)."""
+    gauge = math.nan if worker_port is None else total(
+        scrape(worker_port).get("llm_classify_model_calls_in_flight", {}))
+    return model.stats()["in_flight"], gauge
+
+
+def wait_for_calls_in_flight(model: ModelEndpointProcess, at_least: float, *, worker_port: int | None = None,
+                             count: Callable[[int, float], float] = lambda endpoint, _: endpoint,
+                             proc: ChildProcess | None = None, wait_s: float = 15) -> tuple[int, float]:
+    """Until `count(endpoint, gauge)` (see `calls_in_flight`) reaches `at_least`, `wait_s` passes or `proc` dies.
+
+    Returns the last reading, for the caller to act on at once (kill -9, SIGTERM) and then assert on: a test that
+    claims N calls in flight at a kill asserts this reading, so a kill that came too early fails the test.
+    """
+    deadline = time.monotonic() + wait_s
+    last = calls_in_flight(model, worker_port)
+    while count(*last) < at_least and time.monotonic() < deadline and (proc is None or proc.alive()):
+        time.sleep(0.02)
+        last = calls_in_flight(model, worker_port)
+    return last
+
+
+def kill_with_calls_in_flight(proc: ChildProcess, model: ModelEndpointProcess, worker_port: int,
+                              count: Callable[[int, float], float], at_least: float,
+                              wait_s: float = 15) -> tuple[int, float]:
+    """kill -9 `proc` at the first moment (within `wait_s`) that `count(endpoint, gauge)` reaches `at_least`
+    model calls in flight, else after `wait_s`; returns the last reading before the kill, for the test to
+    assert on: (calls open at the endpoint, from every worker; this worker's own gauge)."""
+    last = wait_for_calls_in_flight(model, at_least, worker_port=worker_port, count=count, proc=proc, wait_s=wait_s)
+    proc.kill()
+    return last
+

@@ -15,11 +15,11 @@ from tests.integration.harness import (
     SyntheticModel,
     Worker,
     collect,
+    kill_with_calls_in_flight,
     produce,
     run,
     write_tasks,
 )
-from tests.integration.test_crash import kill_with_calls_in_flight
 
 
 def _requests(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
@@ -35,8 +35,10 @@ def _requests(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
 def test_model_calls_overlap_against_a_slow_endpoint(broker: EmbeddedBroker, workdir: Path) -> None:
     """With 500 ms per call, one-at-a-time would take 32 s for 64 items; the endpoint must see overlap."""
     with SyntheticModel(workdir, "--latency-ms", "500") as model:
+        # A fixed window of 32 (STREAMS_MIN_IN_FLIGHT): what is checked is that the worker overlaps its calls up to
+        # its window, not how fast the adaptive limit grows from one call (tests/unit/test_concurrency.py).
         worker = Worker(broker.bootstrap, write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic"),
-                        workdir, max_in_flight=32)
+                        workdir, max_in_flight=32, extra_env={"STREAMS_MIN_IN_FLIGHT": "32"})
         with worker.process():
             run(produce(broker.bootstrap, worker.topic("requests"), _requests(64)))
             got = run(collect(broker.bootstrap, [worker.topic("results"), worker.topic("review")],
@@ -62,8 +64,10 @@ def test_nothing_is_lost_when_the_worker_is_killed_mid_stream(broker: EmbeddedBr
     n = 300
     # Latencies well past the 1 s commit interval, so an early ack would be committed before its output exists.
     with SyntheticModel(workdir, "--latency-ms", "2000", "--latency-jitter-ms", "1800", "--seed", "3") as model:
+        # A fixed window of 64 (STREAMS_MIN_IN_FLIGHT): the adaptive limit starts at one call and doubles only after
+        # a window of at least 10 answers (~2 s each here), so it would reach 60 calls in flight late in the stream.
         worker = Worker(broker.bootstrap, write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic"),
-                        workdir, max_in_flight=64, partitions=4)
+                        workdir, max_in_flight=64, partitions=4, extra_env={"STREAMS_MIN_IN_FLIGHT": "64"})
         out_topics = [worker.topic("results"), worker.topic("review")]
         run(produce(broker.bootstrap, worker.topic("requests"), _requests(n, seed=2)))
         first = worker.process().start()

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from streams.localdev.broker import EmbeddedBroker
 from streams.localdev.processes import ChildProcess, free_port
-from tests.integration.harness import SyntheticModel, Worker, collect, produce, run, wait_ready, write_tasks
+from tests.integration.harness import (
+    SyntheticModel,
+    Worker,
+    collect,
+    produce,
+    run,
+    wait_for_calls_in_flight,
+    wait_ready,
+    write_tasks,
+)
 from tests.integration.test_crash import _requests
 
 
@@ -28,22 +37,20 @@ CLAIMED_IN_FLIGHT_AT_SIGTERM = 40
 
 def test_sigterm_with_64_calls_in_flight_loses_and_duplicates_nothing(broker: EmbeddedBroker,
                                                                       workdir: Path) -> None:
-    n = 5000
+    n = 1500
     # 600 ms calls: 64 in flight is about 107 requests/s, below what the worker can pull on a busy 2-core machine,
-    # so the window, not the CPU, is what is full at the SIGTERM.
+    # so the window, not the CPU, is what is full at the SIGTERM (at 30% of the outputs), and the second worker
+    # still has most of the stream to do. The window is fixed (STREAMS_MIN_IN_FLIGHT): the adaptive limit starts
+    # at one call and doubles only after a window of at least 10 answers of 600 ms.
     with SyntheticModel(workdir, "--latency-ms", "600") as model:
         worker = Worker(broker.bootstrap, write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic"),
-                        workdir, partitions=4, max_in_flight=64)
+                        workdir, partitions=4, max_in_flight=64, extra_env={"STREAMS_MIN_IN_FLIGHT": "64"})
         outputs = [worker.topic("results"), worker.topic("review")]
         run(produce(broker.bootstrap, worker.topic("requests"), _requests(n, "g", seed=5)))
         first = wait_ready(worker.process().start())
         try:
             run(collect(broker.bootstrap, outputs, lambda g: len(g) >= n * 0.3, timeout_s=180, settle_s=0))
-            deadline = time.monotonic() + 15
-            in_flight = model.stats()["in_flight"]
-            while in_flight < CLAIMED_IN_FLIGHT_AT_SIGTERM and time.monotonic() < deadline:
-                time.sleep(0.01)
-                in_flight = model.stats()["in_flight"]
+            in_flight, _ = wait_for_calls_in_flight(model, CLAIMED_IN_FLIGHT_AT_SIGTERM, proc=first)
             code, took = _sigterm(first)
         finally:
             first.kill()
@@ -74,7 +81,9 @@ def test_sigterm_hands_back_calls_that_outlast_the_grace_period(broker: Embedded
     port = free_port()
     tasks = write_tasks(workdir / "tasks.toml", f"http://127.0.0.1:{port}/v1", model="synthetic")
     worker = Worker(broker.bootstrap, tasks, workdir, partitions=4, max_in_flight=window,
-                    extra_env={"STREAMS_STOP_GRACE_S": str(grace_s), "STREAMS_MODEL_TIMEOUT_S": "300"})
+                    extra_env={"STREAMS_STOP_GRACE_S": str(grace_s), "STREAMS_MODEL_TIMEOUT_S": "300",
+                               # a fixed window: the adaptive limit grows only on answers, and these never come
+                               "STREAMS_MIN_IN_FLIGHT": str(window)})
     outputs = [worker.topic("results"), worker.topic("review")]
     run(produce(broker.bootstrap, worker.topic("requests"), _requests(n, "s", seed=6)))
     with SyntheticModel(workdir, "--latency-ms", "120000", port=port) as stuck:

@@ -32,13 +32,16 @@ def _stalled(port: int) -> set[int]:
 
 def test_stall_alarm_stays_quiet_through_a_backlog_and_fires_for_a_stuck_partition(broker: EmbeddedBroker,
                                                                                      workdir: Path) -> None:
-    n = 300
-    # 4 calls of 400 ms at once: 10 requests/s, so the backlog lasts about 30 s, three times AFTER_S.
+    n = 200
+    # 4 calls of 400 ms at once, one of them the stuck one: at most 7.5 requests/s, so the backlog lasts at least
+    # 26 s, above the AFTER_S + 2 * SAMPLE_S (20 s) that side 1 asserts. The window is fixed at 4
+    # (STREAMS_MIN_IN_FLIGHT): the adaptive limit starts at one call and grows only on answers, which the stuck
+    # call, once it holds that one call, never gives.
     with SyntheticModel(workdir, "--latency-ms", "400") as model:
         worker = Worker(broker.bootstrap, write_tasks(workdir / "tasks.toml", model.base_url, model="synthetic"),
                         workdir, partitions=4, max_in_flight=4,
                         extra_env={"STREAMS_STALL_AFTER_S": str(AFTER_S), "STREAMS_MODEL_TIMEOUT_S": "600",
-                                   "STREAMS_STOP_GRACE_S": "0"})
+                                   "STREAMS_STOP_GRACE_S": "0", "STREAMS_MIN_IN_FLIGHT": "4"})
         requests = worker.topic("requests")
         hang = [(b"stuck", orjson.dumps({"id": "stuck", "task": "sentiment", "text": "never answered [[hang]]"}))]
         rest = [(f"b{i}".encode(), orjson.dumps({"id": f"b{i}", "task": "sentiment", "text": f"item {i}"}))

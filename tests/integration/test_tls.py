@@ -86,8 +86,9 @@ async def produce_tls(settings: Settings, ids: list[str]) -> None:
         await producer.stop()
 
 
-async def read_tls(settings: Settings, logical: str, want: int, timeout_s: float) -> list[dict[str, Any]]:
-    """Records of one topic from the start, until `want` arrived or `timeout_s` passed."""
+async def read_tls(settings: Settings, logical: str, want: int | None, timeout_s: float) -> list[dict[str, Any]]:
+    """Records of one topic from the start, until `want` arrived or `timeout_s` passed. `want=None`: all the topic
+    holds, read until every partition's position reaches its fetch high watermark (or `timeout_s` passed)."""
     consumer = AIOKafkaConsumer(settings.topic(logical), bootstrap_servers=settings.bootstrap_servers,
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
                                 **kafka_client_options(settings))
@@ -95,12 +96,26 @@ async def read_tls(settings: Settings, logical: str, want: int, timeout_s: float
     got: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + timeout_s
-        while len(got) < want and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             for msgs in (await consumer.getmany(timeout_ms=300)).values():
                 got.extend(orjson.loads(m.value) for m in msgs)
+            if want is not None and len(got) >= want:
+                break
+            if want is None and await _read_to_end(consumer):
+                break
     finally:
         await consumer.stop()
     return got
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer holds partitions and has read each to its fetch high watermark."""
+    parts = consumer.assignment()
+    for tp in parts:
+        end = consumer.highwater(tp)
+        if end is None or await consumer.position(tp) < end:
+            return False
+    return bool(parts)
 
 
 async def advertised_ports(bootstrap: str) -> set[int]:
@@ -200,9 +215,10 @@ def test_a_worker_that_does_not_trust_the_certificate_refuses_to_connect(tls: Tl
     # The proxy saw those handshakes end unfinished: the worker aborted them.
     assert len(tls.proxy.lines("handshake failed")) > failed_before, tls.proxy.tail()
     # The requests were there (read over TLS with the trusted CA), and none was classified.
-    requests = run_async(read_tls(trusting, "requests", len(ids), timeout_s=10))
+    # Both read to the fetch high watermark: the requests read is the positive control of that reading.
+    requests = run_async(read_tls(trusting, "requests", None, timeout_s=10))
     assert sorted(r["id"] for r in requests) == sorted(ids)
-    assert run_async(read_tls(trusting, "results", 1, timeout_s=3)) == []
+    assert run_async(read_tls(trusting, "results", None, timeout_s=10)) == []
 
 
 def test_a_certificate_for_another_host_name_is_refused(tls: TlsSetup, caplog: pytest.LogCaptureFixture) -> None:
