@@ -5,8 +5,9 @@
 
 Each run is a real worker (`python -m streams worker`) on the embedded broker, the project's
 `movie_sentiment` task (config/tasks.toml) and the local Gemma 3 270M served by llama.cpp with 4 slots
-(`streams/localdev/model_server.py`). The texts are three Rotten Tomatoes snippets joined (about 1,000
-characters), each request a distinct text, queued before the worker starts. First the worker with every
+(`streams/localdev/model_server.py`). The texts are three Rotten Tomatoes snippets joined (about 340
+characters), each request a distinct text (distinct across runs too: llama.cpp caches evaluated prompts),
+queued before the worker starts. First the worker with every
 setting at its default (adaptive in-flight limit up to 64), then the same worker with the limit fixed by
 hand (`STREAMS_MIN_IN_FLIGHT = STREAMS_MAX_IN_FLIGHT = c`). For each: throughput from the outputs'
 timestamps (first to last), items sent to review as `model_error`, the openai client's retries and the
@@ -91,7 +92,10 @@ def main() -> None:
     parser.add_argument("--fixed-n", type=int, default=150, help="texts for each fixed limit")
     parser.add_argument("--skip-default", action="store_true")
     args = parser.parse_args()
-    texts = long_texts(args.n)
+    limits = [int(x) for x in args.fixed.split(",") if x]
+    # Every run gets texts of its own: llama.cpp keeps evaluated prompts in a host-memory cache, so a text
+    # seen in an earlier run would be answered faster and flatter the later run.
+    texts = long_texts(args.n + len(limits) * args.fixed_n)
     mean_chars = sum(map(len, texts)) / len(texts)
     with tempfile.TemporaryDirectory(prefix="bench-llama-") as tmp, EmbeddedBroker() as broker, \
             LocalModelServer(log_path=Path(tmp) / "model.log") as model:
@@ -99,9 +103,10 @@ def main() -> None:
         print(f"== local llama.cpp (Gemma 3 270M, 4 slots), {TASK}, texts of {mean_chars:.0f} characters on "
               f"average ==", flush=True)
         if not args.skip_default:
-            one_run(bench, model, texts, None, timeout_s=60 + 10.0 * args.n)
-        for c in (int(x) for x in args.fixed.split(",") if x):
-            one_run(bench, model, texts[:args.fixed_n], c, timeout_s=60 + 10.0 * args.fixed_n)
+            one_run(bench, model, texts[:args.n], None, timeout_s=60 + 10.0 * args.n)
+        for i, c in enumerate(limits):
+            start = args.n + i * args.fixed_n
+            one_run(bench, model, texts[start:start + args.fixed_n], c, timeout_s=60 + 10.0 * args.fixed_n)
 
 
 if __name__ == "__main__":
