@@ -74,9 +74,21 @@ def test_letter_codes_are_listed_with_names_and_descriptions_and_answer_the_exam
     t = _task('["account_access", {name = "account_deletion", description = "close my account"}, "billing_refund"]')
     assert t.codes == ("A", "B", "C") and t.answers == t.codes and t.labels[1] == "account_deletion"
     msgs = t.prompt.messages("hello")
-    assert msgs[0]["content"] == ("Options (answer with the code only):\nA) account_access\n"
+    assert msgs[0]["content"] == ("Options (answer with one of the codes A, B or C, nothing else):\nA) account_access\n"
                                   "B) account_deletion: close my account\nC) billing_refund")
     assert msgs[2] == {"role": "assistant", "content": "C"}  # the few-shot example answers billing_refund's code
+
+
+def test_the_code_header_names_every_valid_code_in_listed_order() -> None:
+    """Told only "the code", Gemma 3 270M answered letters that code no option; the header names the valid ones."""
+    labels = '[{name = "bad", code = "N"}, {name = "very bad", code = "V"}, {name = "fine", code = "K"}]'
+    t = _task(labels, '[task.prompt]\noption_order = "shuffled"')
+    for rid in ("r1", "r2", "r3"):
+        header, *lines = t.for_request(rid).prompt.messages("x")[0]["content"].splitlines()
+        listed = [line.split(")")[0] for line in lines]
+        valid = f"{listed[0]}, {listed[1]} or {listed[2]}"
+        assert header == f"Options (answer with one of the codes {valid}, nothing else):"
+    assert option_codes(t.prompt.messages("x")) == {"bad": "N", "very bad": "V", "fine": "K"}  # the synthetic model
 
 
 def test_the_options_placeholder_puts_the_list_in_the_template_and_braces_stay_literal() -> None:
@@ -84,7 +96,8 @@ def test_the_options_placeholder_puts_the_list_in_the_template_and_braces_stay_l
     t = parse_tasks(_toml('["yes", {name = "no", description = "not {text}"}]', extra), "t", {}).tasks["support"]
     msgs = t.prompt.messages("{options} {text}")
     assert msgs[0]["role"] == "user"  # no system message: the template holds the list
-    assert msgs[0]["content"] == ("Pick one.\nOptions (answer with the code only):\n1) yes\n2) no: not {text}\n"
+    assert msgs[0]["content"] == ("Pick one.\nOptions (answer with one of the codes 1 or 2, nothing else):\n1) yes\n"
+                                  "2) no: not {text}\n"
                                   "Text: {options} {text}\nCode:")
 
 
@@ -252,7 +265,8 @@ def test_the_tasks_files_many_label_example_parses_and_validates_uncommented(pat
     t = registry.tasks["support_intent"]
     assert len(t.labels) == 10 and t.codes == tuple("ABCDEFGHIJ") and all(t.descriptions)
     assert t.prompt.option_order == "shuffled" and not t.accept_first_token_collisions
-    assert t.prompt.examples[0].answer == t.codes[t.labels.index("billing_dispute")]
+    assert [ex.answer for ex in t.prompt.examples] == [  # bare codes teach the answer format
+        t.codes[t.labels.index(label)] for label in ("billing_dispute", "shipping_delay", "account_access")]
     assert "A) " in t.for_request("r1").prompt.messages("x")[0]["content"]
     # The point of the example: its names share first words, which codes make harmless.
     assert len(collisions(replace(t, codes=()), lambda ep, answers: None)[0]) == 3
