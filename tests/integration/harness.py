@@ -94,7 +94,9 @@ class Worker:
             "STREAMS_PARTITIONS": str(self.partitions),
             "STREAMS_TASKS_FILE": str(self.tasks_file),
             "STREAMS_MAX_IN_FLIGHT": str(self.max_in_flight),
-            "STREAMS_SESSION_TIMEOUT_S": "6",
+            # Tansu holds a JoinGroup for half the session timeout, so every worker start and rebalance waits 2 s;
+            # heartbeats still go every 0.5 s, 8 to a session.
+            "STREAMS_SESSION_TIMEOUT_S": "4",
             "STREAMS_MODEL_MAX_RETRIES": "2",
             "STREAMS_DATA_DIR": str(self.workdir / f"data-{self.app_id}"),
             "STREAMS_WEB_HOST": "127.0.0.1",

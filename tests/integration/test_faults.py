@@ -80,7 +80,7 @@ def test_a_slow_model_keeps_work_bounded_and_the_worker_in_its_group(broker: Emb
             assert proc.proc is not None
             run(produce(broker.bootstrap, worker.topic("requests"), _requests(n, "b")))
             peak_in_flight, rss = 0, []
-            for _ in range(20):  # 20 s: far longer than the 6 s session timeout
+            for _ in range(20):  # 20 s: five times the 4 s session timeout (harness.Worker)
                 time.sleep(1)
                 peak_in_flight = max(peak_in_flight, model.stats()["in_flight"])
                 rss.append(_rss_mb(proc.proc.pid))
