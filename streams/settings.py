@@ -376,8 +376,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_MAX_IN_FLIGHT", "max_in_flight", "64", Integer(1, 100_000),
         "requests a worker handles at once, and the most model calls it keeps in flight per endpoint; within "
         "that, the endpoint's limit adapts to its latency and 429s (`llm_classify_model_concurrency_limit`)"),
-    Var("STREAMS_MIN_IN_FLIGHT", "min_in_flight", "1", Integer(1, 100_000),
-        "the floor of each endpoint's adaptive in-flight limit; equal to STREAMS_MAX_IN_FLIGHT, a fixed limit"),
+    Var("STREAMS_MIN_IN_FLIGHT", "min_in_flight", "4", Integer(1, 100_000),
+        "the floor of each endpoint's adaptive in-flight limit (at most STREAMS_MAX_IN_FLIGHT): one call that "
+        "never answers cannot hold every other; equal to STREAMS_MAX_IN_FLIGHT, a fixed limit"),
     Var("STREAMS_MAX_TEXT_CHARS", "max_text_chars", "20000", Integer(1, 10_000_000),
         "longer texts are dead-lettered (`text_too_long`)"),
     Var("STREAMS_DEADLETTER_EXCERPT_BYTES", "deadletter_excerpt_bytes", "4096", Integer(0, 1_000_000),
@@ -604,7 +605,7 @@ def _parse(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             who = values[needs.on] if needs else "the service"
             problems.append(f"{first.name} is not set{others}; {who} needs {first.required}")
     low, high = values["STREAMS_MIN_IN_FLIGHT"], values["STREAMS_MAX_IN_FLIGHT"]
-    if isinstance(low, int) and isinstance(high, int) and low > high:
+    if isinstance(low, int) and isinstance(high, int) and low > high and _is_set(env, "STREAMS_MIN_IN_FLIGHT"):
         problems.append(f"STREAMS_MIN_IN_FLIGHT={low} is above STREAMS_MAX_IN_FLIGHT={high}; the adaptive limit "
                         "lives between them (set them equal for a fixed limit)")
     if _is_set(env, "STREAMS_SSL_KEYFILE") and not _is_set(env, "STREAMS_SSL_CERTFILE"):

@@ -64,7 +64,8 @@ def build_services(settings: Settings, tasks: TaskRegistry) -> Services:
     tracing = Tracing.from_endpoint(settings.otlp_endpoint, settings.app_id)
     app.tracing = tracing
     model = ModelClient(settings.model_timeout_s, settings.model_max_retries, observer=metrics, tracing=tracing,
-                        max_in_flight=settings.max_in_flight, min_in_flight=settings.min_in_flight,
+                        max_in_flight=settings.max_in_flight,
+                        min_in_flight=min(settings.min_in_flight, settings.max_in_flight),
                         pacing=settings.model_pacing_enabled)
     metrics.state.gates = model.gates  # the same dict: endpoints appear as their first call is made
     metrics.state.pacers = model.pacers  # likewise

@@ -68,6 +68,7 @@ from streams.classify.concurrency import OVERLOAD, AdaptiveLimit, ConcurrencyGat
 from streams.classify.pacing import Pacer
 from streams.errors import ModelError
 from streams.ops.tracing import Tracing
+from streams.settings import ENV_DEFAULTS
 from streams.tasks import ModelEndpoint, Task
 
 BAD_RESPONSE_BACKOFF_S = 0.5  # first backoff before re-asking after an unusable 200 answer (as openai's)
@@ -193,8 +194,8 @@ class ModelClient:
         circuit_poll_s: float = CIRCUIT_POLL_S,
         observer: CallObserver | None = None,
         tracing: Tracing | None = None,
-        max_in_flight: int = 64,
-        min_in_flight: int = 1,
+        max_in_flight: int = int(ENV_DEFAULTS["STREAMS_MAX_IN_FLIGHT"]),
+        min_in_flight: int = int(ENV_DEFAULTS["STREAMS_MIN_IN_FLIGHT"]),
         pacing: bool = True,
     ) -> None:
         self._timeout_s = timeout_s

@@ -19,7 +19,7 @@ from streams.classify.concurrency import OVERLOAD, AdaptiveLimit, ConcurrencyGat
 from streams.classify.model_client import ModelClient
 from streams.localdev.synthetic_model import SyntheticConfig, SyntheticModelServer
 from streams.ops.metrics import ServiceMetrics
-from streams.settings import ConfigError, Settings
+from streams.settings import ENV_DEFAULTS, ConfigError, Settings
 from tests.unit.test_model_faults import task_for
 
 
@@ -190,3 +190,26 @@ def test_each_endpoints_limit_and_waiting_calls_are_exported_without_credentials
     assert 'llm_classify_model_concurrency_limit{endpoint="https://models.example:8443/v1"} 12.0' in text
     assert 'llm_classify_model_calls_waiting{endpoint="https://models.example:8443/v1"} 0.0' in text
     assert "secret" not in text
+
+
+def test_one_call_that_never_answers_does_not_hold_the_others_at_the_default_floor() -> None:
+    """The limit starts at its floor and grows only from answers: at a floor of 1, a first call that hangs would
+    hold every other until its timeout. The default floor leaves room for the rest."""
+    async def run() -> int:
+        floor = int(ENV_DEFAULTS["STREAMS_MIN_IN_FLIGHT"])
+        gate = ConcurrencyGate(AdaptiveLimit(floor, 64, initial=floor))
+        await gate.acquire()  # admitted, and never released: a call the server never answers
+        done = 0
+        for _ in range(20):
+            admitted = await asyncio.wait_for(gate.acquire(), timeout=1.0)
+            gate.release(admitted, 0.05)
+            done += 1
+        return done
+
+    assert int(ENV_DEFAULTS["STREAMS_MIN_IN_FLIGHT"]) >= 2
+    assert asyncio.run(run()) == 20
+
+
+def test_an_unset_floor_follows_a_smaller_maximum() -> None:
+    """STREAMS_MAX_IN_FLIGHT=2 alone is a valid configuration: the default floor does not exceed it."""
+    assert Settings.from_env({"STREAMS_MAX_IN_FLIGHT": "2"}).max_in_flight == 2
