@@ -85,7 +85,6 @@ class AdaptiveLimit:
         self.probe_every = probe_every
         self.limit = float(min(max(initial, floor), ceiling))
         self.rtt0: float | None = None  # the unloaded round trip: lowest window median remembered
-        self.rtt: float | None = None  # the last window's median
         self._medians: deque[float] = deque(maxlen=2 * probe_every + 1)  # always holds the last probe
         self._windows = 0
         self._window: list[float] = []
@@ -143,7 +142,7 @@ class AdaptiveLimit:
             limit *= self.backoff
             self._slow_start = False
         elif self._window:
-            rtt = self.rtt = statistics.median(self._window)
+            rtt = statistics.median(self._window)
             self._medians.append(rtt)
             self.rtt0 = min(self._medians)
             used = max(1, min(self._window_peak, int(limit)))  # calls in flight through this window
@@ -214,51 +213,101 @@ class AdaptiveLimit:
         return limit
 
 
-class ConcurrencyGate:
-    """Admits at most `limit.limit` calls at once, in arrival order; the rest wait here, not in the server.
+class Slots:
+    """At most `capacity` holders at once; the others wait in arrival order. `capacity` may change any time.
 
-    Waiting here costs nothing at the server and counts against no call timeout, so a backlog never turns
-    into timeouts and retries; Kafka's in-flight window upstream bounds how many can wait.
+    Examples
+    --------
+    >>> async def demo():
+    ...     slots = Slots(1)
+    ...     await slots.acquire()
+    ...     waiter = asyncio.ensure_future(slots.acquire())
+    ...     await asyncio.sleep(0)
+    ...     queued = slots.queued
+    ...     slots.resize(2)  # room for the waiter now
+    ...     await waiter
+    ...     return queued, slots.busy
+    >>> asyncio.run(demo())
+    (1, 2)
     """
 
-    def __init__(self, limit: AdaptiveLimit) -> None:
-        self.limit = limit
-        self.in_flight = 0
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.busy = 0
+        self.max_queued = 0  # the longest queue seen
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
-    def waiting(self) -> int:
+    def queued(self) -> int:
         return sum(not w.done() for w in self._waiters)
 
-    async def acquire(self) -> tuple[int, int]:
-        """Wait for room; return how many calls are in flight with this one, and the limit's epoch."""
-        if self.in_flight < self.limit.allowed and not self._waiters:
-            self.in_flight += 1
-            return self.in_flight, self.limit.epoch
+    async def acquire(self) -> None:
+        if self.busy < self.capacity and not self._waiters:
+            self.busy += 1
+            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self.max_queued = max(self.max_queued, self.queued)
         try:
-            await waiter  # `_wake` counted this call in before waking it
+            await waiter  # `_wake` counted us in `busy` before waking us
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.in_flight -= 1  # woken and cancelled at once: hand the room on
-                self._wake()
+                self.release()  # woken and cancelled at once: hand the slot on
             raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-        return self.in_flight, self.limit.epoch
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def resize(self, capacity: int) -> None:
+        """New capacity; holders beyond it finish their work, and no one new starts until busy < capacity."""
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.busy < self.capacity:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.busy += 1
+                waiter.set_result(None)
+
+
+
+class ConcurrencyGate:
+    """Admits at most `limit.allowed` calls at once, in arrival order; the rest wait here, not in the server.
+
+    Waiting here costs nothing at the server and counts against no call timeout, so a backlog never turns
+    into timeouts and retries; Kafka's in-flight window upstream bounds how many can wait. The queue is the
+    same `Slots` the synthetic model serves with, resized to the limit after every answer.
+    """
+
+    def __init__(self, limit: AdaptiveLimit) -> None:
+        self.limit = limit
+        self.slots = Slots(limit.allowed)
+
+    @property
+    def in_flight(self) -> int:
+        return self.slots.busy
+
+    @property
+    def waiting(self) -> int:
+        return self.slots.queued
+
+    async def acquire(self) -> tuple[int, int]:
+        """Wait for room; return how many calls are in flight with this one, and the limit's epoch."""
+        await self.slots.acquire()
+        return self.slots.busy, self.limit.epoch
 
     def release(self, admitted: tuple[int, int], rtt_s: float, outcome: str | None = None) -> None:
         """The call `acquire` admitted is over: feed the limit, then admit whoever the (possibly new) limit
         lets in."""
-        self.in_flight -= 1
         self.limit.observe(rtt_s, admitted[0], outcome, admitted[1])
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.limit.allowed:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
+        self.slots.resize(self.limit.allowed)
+        self.slots.release()

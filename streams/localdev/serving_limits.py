@@ -10,76 +10,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections import deque
 
+from streams.classify.concurrency import Slots
 
-class Slots:
-    """At most `capacity` holders at once; the others wait in arrival order. `capacity` may change any time.
-
-    Examples
-    --------
-    >>> async def demo():
-    ...     slots = Slots(1)
-    ...     await slots.acquire()
-    ...     waiter = asyncio.ensure_future(slots.acquire())
-    ...     await asyncio.sleep(0)
-    ...     queued = slots.queued
-    ...     slots.resize(2)  # room for the waiter now
-    ...     await waiter
-    ...     return queued, slots.busy
-    >>> asyncio.run(demo())
-    (1, 2)
-    """
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self.capacity = capacity
-        self.busy = 0
-        self.max_queued = 0  # the longest queue seen
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def queued(self) -> int:
-        return sum(not w.done() for w in self._waiters)
-
-    async def acquire(self) -> None:
-        if self.busy < self.capacity and not self._waiters:
-            self.busy += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self.max_queued = max(self.max_queued, self.queued)
-        try:
-            await waiter  # `_wake` counted us in `busy` before waking us
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # woken and cancelled at once: hand the slot on
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def release(self) -> None:
-        self.busy -= 1
-        self._wake()
-
-    def resize(self, capacity: int) -> None:
-        """New capacity; holders beyond it finish their work, and no one new starts until busy < capacity."""
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self.capacity = capacity
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.busy < self.capacity:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.busy += 1
-                waiter.set_result(None)
+__all__ = ["Budget", "Slots", "duration"]
 
 
 class Budget:
