@@ -92,8 +92,7 @@ class AdaptiveLimit:
         self._window_peak = 0  # most calls in flight seen during the window
         self._overloaded = False
         self._was_over_before = False  # the last window's queue estimate was above `beta`
-        self._was_unpaid = False  # the last window's extra calls did not buy their share of answers
-        self._paid_streak = 0  # windows in a row whose calls bought their share
+        self._streak = 0  # windows in a row whose extra calls bought their share (> 0) or did not (< 0)
         #: answers per second (Little's law) at each number of calls in flight, and the window it was measured
         self._rates: dict[int, tuple[float, int]] = {}
         self.gain = gain
@@ -152,7 +151,7 @@ class AdaptiveLimit:
             if probing:
                 pass  # the probe measured a lower level; it decides nothing
             elif lower:
-                limit = self._by_rate(limit, used, rtt, lower)
+                limit = self._by_rate(limit, used, rate, rtt, lower)
             else:
                 limit = self._by_latency(limit, rtt)
         limit = min(max(limit, float(self.floor)), float(self.ceiling))
@@ -166,25 +165,24 @@ class AdaptiveLimit:
         self._window_peak = 0
         self._overloaded = False
 
-    def _by_rate(self, limit: float, used: int, rtt: float, lower: dict[int, float]) -> float:
+    def _by_rate(self, limit: float, used: int, rate: float, rtt: float, lower: dict[int, float]) -> float:
         """More calls in flight must buy more answers per second: at least `gain` of their proportional share
         over the best lower level. A batching server (vLLM, llama.cpp) answers more slowly per call and still
         faster in total as the batch grows; past its capacity only latency grows."""
-        rate, best = used / rtt, max(lower, key=lower.__getitem__)
+        best = max(lower, key=lower.__getitem__)
         if rate < 0.8 * lower[best]:
             # Far fewer answers than before at fewer calls: the server lost capacity (or got slower for good).
             # Straight to what it serves now without a queue, by its unloaded latency, at most halving.
             self._slow_start = False
             return max(limit / 2, used * (self.rtt0 or rtt) / rtt * (1.0 + self.alpha))
         paid = rate >= lower[best] * (1.0 + self.gain * (used - best) / best)
-        unpaid_twice, self._was_unpaid = not paid and self._was_unpaid, not paid
-        self._paid_streak = self._paid_streak + 1 if paid else 0
-        if not paid and (unpaid_twice or self._slow_start):
+        self._streak = max(self._streak, 0) + 1 if paid else min(self._streak, 0) - 1
+        if not paid and (self._streak <= -2 or self._slow_start):
             # Back to the level that gave the most; one slow window of the worker's own (an event-loop pause,
             # a busy core) is not taken for the server's.
             self._slow_start = False
             return float(best)
-        if paid and (self._slow_start or self._paid_streak >= 2):  # growing adds latency: it takes two windows
+        if paid and (self._slow_start or self._streak >= 2):  # growing adds latency: it takes two windows
             return self._grow(limit)
         return limit
 
