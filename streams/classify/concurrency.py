@@ -18,7 +18,13 @@ limit by what it buys: with `n` calls in flight and a median round trip `rtt`, t
   to what it now serves without a queue, `n * rtt0 / rtt` by the unloaded latency `rtt0`, at most halving.
 - With no lower level measured yet, the queue estimate of TCP Vegas decides: `n * (1 - rtt0 / rtt)` calls
   are waiting rather than being served; under `alpha` of the limit it grows, over `beta` it falls.
-- An overload answer (429, a timeout, a 5xx) cuts the limit by `backoff`, at most once per window.
+- An overload answer cuts the limit by `backoff`, at most once per window: 429 (too many requests), 503
+  (unavailable: the server sheds load), 504 and 408 (no answer in time) and a client-side timeout. Every
+  other failure is a fault: 500, 502 and other 5xx, other 4xx, a refused or reset connection, a cancelled
+  call. A fault says nothing of capacity (a bug, a bad gateway or a crashing replica answers it at any load),
+  so it is not observed at all: it neither cuts the limit nor feeds the latency and rate samples (a 500
+  answered at once would pull the median round trip down). Counted as overload, 30% random 500s held the
+  limit at its floor against 32 free slots (`tests/unit/test_concurrency.py`).
 - `rtt` is the median of a window of answers (at least 10, or the limit), and `rtt0` the lowest window
   median remembered; every `probe_every` windows one window runs at half the limit, which re-measures both.
 
@@ -33,6 +39,22 @@ import statistics
 from collections import deque
 
 OVERLOAD = "overload"  # a call the server refused or could not serve in time: back off
+FAULT = "fault"  # a call that failed for a reason that says nothing of capacity: not observed
+
+#: HTTP statuses by which a server says it is full (429, 503) or could not answer in time (504, 408).
+OVERLOAD_STATUSES = frozenset({408, 429, 503, 504})
+
+
+def status_outcome(status: int) -> str | None:
+    """What an HTTP answer tells the limit: None for a success (its latency counts), `OVERLOAD` for a status in
+    `OVERLOAD_STATUSES`, `FAULT` for any other error (500, 502, other 5xx and 4xx).
+
+    >>> [status_outcome(s) for s in (200, 429, 503, 500, 502, 400)]
+    [None, 'overload', 'overload', 'fault', 'fault', 'fault']
+    """
+    if status < 400:
+        return None
+    return OVERLOAD if status in OVERLOAD_STATUSES else FAULT
 
 
 class AdaptiveLimit:
@@ -52,7 +74,7 @@ class AdaptiveLimit:
         the estimated capacity. With 0.05 and 0.15, latency at equilibrium is 5-18% above the server's
         unloaded latency.
     backoff
-        The factor applied to the limit on an overload answer (429, timeout, 5xx).
+        The factor applied to the limit on an overload answer (429, 503, 504, 408, a timeout).
     probe_every
         Every that many windows, one window runs at half the limit to re-measure the unloaded latency and
         the rate at a lower level (as BBR's ProbeRTT does).
@@ -121,9 +143,10 @@ class AdaptiveLimit:
 
     def observe(self, rtt_s: float, in_flight: int, outcome: str | None = None, epoch: int | None = None) -> None:
         """One finished call: its round trip, how many calls were in flight when it started, `OVERLOAD`
-        when the server refused it or could not serve it in time (None otherwise), and the `epoch` when it
-        started. A call started before the limit last fell is ignored: it queued behind the old limit."""
-        if epoch is not None and epoch < self.epoch:
+        when the server refused it or could not serve it in time, `FAULT` when it failed otherwise (None for
+        an answer), and the `epoch` when it started. A call started before the limit last fell is ignored: it
+        queued behind the old limit. So is a fault: it tells nothing of the server's capacity."""
+        if outcome == FAULT or (epoch is not None and epoch < self.epoch):
             return
         self._window_peak = max(self._window_peak, in_flight)
         self._seen += 1

@@ -29,8 +29,13 @@ the inside out:
 
 **How many calls each endpoint gets at once is adapted** (`streams.classify.concurrency`): a gate per
 endpoint admits at most its `AdaptiveLimit`, between `min_in_flight` and `max_in_flight`, learnt from each
-HTTP exchange's latency and overload answers (429, 408, 5xx, timeouts); calls beyond it wait in the worker,
-where waiting costs no call timeout and no server queue. `ModelClient.gates` maps base URLs to gates.
+call's latency and overload answers; calls beyond it wait in the worker, where waiting costs no call timeout
+and no server queue. `ModelClient.gates` maps base URLs to gates. Overload is a 429, 503, 504 or 408 answer
+to any of the call's HTTP requests (the openai client's retries included, seen by the response hook) or a
+timeout at the end; other failures (500, 502, other 4xx and 5xx, connection errors, cancellation) are faults
+that say nothing of capacity and are not observed. The latency observed is the last request's, from when it
+was sent: the openai client's backoff before a retry and the failed requests before it are not the server's
+queue.
 
 **Calls are paced under the endpoint's budgets** (`streams.classify.pacing`): a `Pacer` per endpoint and
 model (`ModelClient.pacers`) admits each HTTP attempt when this worker's share of the task file's
@@ -64,7 +69,14 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from streams.classify.circuit import HALF_OPEN, CircuitBreaker
-from streams.classify.concurrency import OVERLOAD, AdaptiveLimit, ConcurrencyGate
+from streams.classify.concurrency import (
+    FAULT,
+    OVERLOAD,
+    OVERLOAD_STATUSES,
+    AdaptiveLimit,
+    ConcurrencyGate,
+    status_outcome,
+)
 from streams.classify.pacing import Pacer
 from streams.errors import ModelError
 from streams.ops.tracing import Tracing
@@ -125,6 +137,8 @@ class _Attempt:
     paced: bool
     sends: int = 0
     open: int = 0
+    sent_at: float = 0.0  # when the last request was sent (perf_counter)
+    overloaded: bool = False  # an answer said the server is full (429, 503) or did not answer in time (504, 408)
 
 
 #: The attempt the current asyncio task is making; set by `ModelClient._paced` around `_call`.
@@ -140,13 +154,17 @@ async def _on_request(request: httpx2.Request) -> None:
     if attempt.sends > 1 and attempt.paced:
         await attempt.pacer.admit(attempt.tokens)
         attempt.open += 1
+    attempt.sent_at = time.perf_counter()
 
 
 async def _on_response(response: httpx2.Response) -> None:
-    """httpx response hook: every answer, 429s the openai client retries included; its headers go to the pacer."""
+    """httpx response hook: every answer, 429s the openai client retries included; its headers go to the pacer,
+    and an overload status to the concurrency limit (at the end of the call)."""
     attempt = _ATTEMPT.get()
     if attempt is None:
         return
+    if response.status_code in OVERLOAD_STATUSES:
+        attempt.overloaded = True
     pacer = attempt.pacer
     if not attempt.paced:
         if response.status_code == 429:
@@ -413,36 +431,40 @@ class ModelClient:
         gate = self.gate(endpoint)
         admitted = await gate.acquire()
         started = time.perf_counter()
-        outcome: str | None = "cancelled"  # until the exchange ends one way or another
+        attempt = _ATTEMPT.get()
+        outcome: str | None = FAULT  # until the exchange ends one way or another (cancelled: nothing learnt)
         try:
             resp: Any = await create(self._client(endpoint, probe))
             outcome = None
         except openai.APIStatusError as exc:
             status = exc.status_code
             trouble = status >= 500 or status in (408, 409, 429)
-            outcome = OVERLOAD if trouble else None
+            outcome = status_outcome(status)  # 429, 503, 504, 408: overload; 500, 502, a 400: a fault
             raise _Trouble(ModelError("http_status", f"endpoint answered HTTP {status} after retries"),
                            trouble) from None
         except openai.APITimeoutError as exc:
             if _dropped_connection(exc):
-                outcome = "unreachable"
+                outcome = FAULT
                 raise _Trouble(ModelError("connection", "the model endpoint dropped the connection after retries"),
                                True) from None
-            outcome = OVERLOAD
+            outcome = OVERLOAD  # no answer in time
             raise _Trouble(ModelError("timeout", f"no answer within {self._timeout_s:g}s after retries"),
                            True) from None
         except openai.APIConnectionError:
-            outcome = "unreachable"  # says nothing of the server's capacity
+            outcome = FAULT  # says nothing of the server's capacity
             raise _Trouble(ModelError("connection", "could not connect to the model endpoint after retries"),
                            True) from None
         except (openai.OpenAIError, ValueError) as exc:  # e.g. a truncated JSON body (JSONDecodeError)
-            outcome = None
+            outcome = None  # answered in time: its latency counts
             raise _Trouble(ModelError("bad_response", f"unusable response: {type(exc).__name__}"),
                            True, retry_here=True) from None
         finally:
-            # A cancelled or unreachable exchange carries no latency worth learning from.
-            useful = outcome is None or outcome == OVERLOAD
-            gate.release(admitted, time.perf_counter() - started if useful else 0.0, outcome if useful else None)
+            if attempt is not None and attempt.overloaded:
+                outcome = OVERLOAD  # a 429 or 503 the openai client retried, whatever came after
+            # The last request's round trip: the openai client's backoff and failed requests before it are not
+            # the server's queue (with 30% 500s and retries, a third of the answers would count a backoff).
+            since = attempt.sent_at if attempt is not None and attempt.sends > 1 else started
+            gate.release(admitted, time.perf_counter() - since, outcome)
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
             return parse(resp, latency_ms)
