@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 
+from streams.faust_fetch import fetch_fairly
 from streams.faust_rebalance import hold_fetch_until_seeked
 from streams.faust_tuning import FAUST_TUNING
 from streams.kafka_io import TopicFeed
@@ -75,6 +76,7 @@ def build_app(settings: Settings) -> ClassifyApp:
         **faust_broker_options(settings),
     )
     hold_fetch_until_seeked(app)  # else records fetched at a rebalance's end can be dropped yet committed
+    fetch_fairly(app)  # else a deep backlog starves partitions and the drift summaries
     return app
 
 
