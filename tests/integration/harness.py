@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
+import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.localdev.processes import ChildProcess, free_port, port_open
@@ -283,3 +286,59 @@ def kill_with_calls_in_flight(proc: ChildProcess, model: ModelEndpointProcess, w
     proc.kill()
     return last
 
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The offsets `group` has committed on each partition of `topic` (0 where none), read without joining it."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return [(await consumer.committed(TopicPartition(topic, p))) or 0 for p in range(partitions)]
+    finally:
+        await consumer.stop()
+
+
+async def drift_windows(bootstrap: str, topic: str) -> list[tuple[float, float]]:
+    """(window end, time its status was published), both epoch seconds, of every traffic window judged on the
+    drift status topic `topic`, read from the start."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out = []
+    try:
+        while batch := await consumer.getmany(timeout_ms=2000):
+            for records in batch.values():
+                for record in records:
+                    traffic = (orjson.loads(record.value).get("last") or {}).get("traffic") or {}
+                    if "window_end" in traffic:
+                        out.append((datetime.fromisoformat(traffic["window_end"]).timestamp(),
+                                    record.timestamp / 1000))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def labelled_requests(n: int, tag: str, rng: random.Random, fresh_share: float = 0.8) -> list[tuple[bytes, bytes]]:
+    """n (key, value) requests for the one-task file, ids `tag`0.. , whose synthetic answer is fresh with
+    probability `fresh_share`."""
+    out = []
+    for i in range(n):
+        rid = f"{tag}{i}"
+        label = "fresh" if rng.random() < fresh_share else "rotten"
+        out.append((rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": f"[[label={label}]]"})))
+    return out
+
+
+def baseline_from_traffic(worker: Worker, seconds: int, rng: random.Random, per_second: int = 150) -> None:
+    """Run `worker` for `seconds` of ordinary traffic and publish its drift baseline from them (`drift baseline`),
+    so that every later window of the task is judged."""
+    with worker.process() as proc:
+        wait_ready(proc)
+        for second in range(seconds):
+            run(produce(worker.bootstrap, worker.topic("requests"), labelled_requests(per_second, f"w{second}-", rng)))
+            time.sleep(1.0)
+        time.sleep(1.5)  # the last partial summaries are flushed every second
+        baseline = subprocess.run([sys.executable, "-m", "streams", "drift", "baseline", "--task", "sentiment",
+                                   "--last-seconds", str(seconds)], env=worker.env, capture_output=True, text=True,
+                                  timeout=120)
+    assert baseline.returncode == 0, baseline.stdout + baseline.stderr

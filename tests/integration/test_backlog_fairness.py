@@ -8,59 +8,26 @@ wait behind them, so drift windows are judged tens of seconds late.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import time
-from datetime import datetime
 from pathlib import Path
-
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.localdev.broker import EmbeddedBroker
 from streams.topics import ensure_topics
-from tests.integration.harness import SyntheticModel, Worker, produce, run, wait_ready, write_tasks
+from tests.integration.harness import (
+    SyntheticModel,
+    Worker,
+    baseline_from_traffic,
+    committed_offsets,
+    drift_windows,
+    labelled_requests,
+    produce,
+    run,
+    write_tasks,
+)
 
 PARTITIONS = 8
 BACKLOG = 120_000
 WATCH_S = 24.0
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> list[int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return [(await consumer.committed(TopicPartition(topic, p))) or 0 for p in range(PARTITIONS)]
-    finally:
-        await consumer.stop()
-
-
-async def _drift_windows(bootstrap: str, topic: str) -> list[tuple[float, float]]:
-    """(window end, time the status was published) of every traffic window judged on the topic."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    out = []
-    try:
-        while batch := await consumer.getmany(timeout_ms=2000):
-            for records in batch.values():
-                for record in records:
-                    traffic = (orjson.loads(record.value).get("last") or {}).get("traffic") or {}
-                    if "window_end" in traffic:
-                        out.append((datetime.fromisoformat(traffic["window_end"]).timestamp(),
-                                    record.timestamp / 1000))
-    finally:
-        await consumer.stop()
-    return out
-
-
-def _requests(n: int, tag: str, rng: random.Random) -> list[tuple[bytes, bytes]]:
-    out = []
-    for i in range(n):
-        rid = f"{tag}{i}"
-        label = "fresh" if rng.random() < 0.8 else "rotten"
-        out.append((rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": f"[[label={label}]]"})))
-    return out
 
 
 def test_every_partition_starts_at_once_and_drift_windows_close_on_time(broker: EmbeddedBroker,
@@ -72,32 +39,22 @@ def test_every_partition_starts_at_once_and_drift_windows_close_on_time(broker: 
         worker = Worker(broker.bootstrap, tasks, workdir, partitions=PARTITIONS)
         run(ensure_topics(worker.settings))
         requests = worker.topic("requests")
-        # A baseline from a few seconds of ordinary traffic, so that every closed window is judged.
-        with worker.process() as proc:
-            wait_ready(proc)
-            for second in range(6):
-                run(produce(worker.bootstrap, requests, _requests(150, f"w{second}-", rng)))
-                time.sleep(1.0)
-            time.sleep(1.5)  # the last partial summaries are flushed every second
-            baseline = subprocess.run([sys.executable, "-m", "streams", "drift", "baseline", "--task", "sentiment",
-                                       "--last-seconds", "6"], env=worker.env, capture_output=True, text=True,
-                                      timeout=120)
-            assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+        baseline_from_traffic(worker, seconds=6, rng=rng)  # so that every closed window is judged
         # The worker is down while a deep backlog builds up on every partition.
-        before = run(_committed(worker.bootstrap, worker.app_id, requests))
-        assert run(produce(worker.bootstrap, requests, _requests(BACKLOG, "b", rng))) == BACKLOG
+        before = run(committed_offsets(worker.bootstrap, worker.app_id, requests, PARTITIONS))
+        assert run(produce(worker.bootstrap, requests, labelled_requests(BACKLOG, "b", rng))) == BACKLOG
         with worker.process() as proc:
             started = time.time()
             first: dict[int, float] = {}
             while time.time() - started < WATCH_S:
                 time.sleep(1.0)
-                now = run(_committed(worker.bootstrap, worker.app_id, requests))
+                now = run(committed_offsets(worker.bootstrap, worker.app_id, requests, PARTITIONS))
                 for p in range(PARTITIONS):
                     if now[p] > before[p] and p not in first:
                         first[p] = time.time() - started
             assert proc.alive()
         done = sum(now) - sum(before)
-        windows = run(_drift_windows(worker.bootstrap, worker.topic("drift_status")))
+        windows = run(drift_windows(worker.bootstrap, worker.topic("drift_status")))
     print(f"first commit per partition after the start (s): {sorted((p, round(t, 1)) for p, t in first.items())}; "
           f"{done} of the {BACKLOG} backlog done in {WATCH_S:.0f} s")
     assert done < BACKLOG * 0.8, "the backlog must still be deep at the end of the watch"
