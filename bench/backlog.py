@@ -24,10 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from throughput import PARTITIONS, Bench, load, produce, requests  # noqa: E402
-
+from bench.throughput import PARTITIONS, Bench, load, produce, requests  # noqa: E402
 from streams.localdev.broker import EmbeddedBroker  # noqa: E402
 from tests.integration.harness import baseline_from_traffic, committed_offsets, drift_windows, run  # noqa: E402
 
