@@ -35,16 +35,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
-import openai
 import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import HANDWRITTEN_CONCURRENCY, direct, handwritten  # noqa: E402
 from bench.throughput import PARTITIONS, TEXTS, Bench, create_topics, load, produce  # noqa: E402
 from streams.localdev.broker import EmbeddedBroker  # noqa: E402
-from streams.localdev.processes import ChildProcess  # noqa: E402
 from streams.settings import ENV_DEFAULTS  # noqa: E402
 from tests.integration.harness import SyntheticModel, wait_ready  # noqa: E402
 
@@ -80,31 +78,13 @@ class Server:
         http(f"{self.root}/control", {"slots": n})
 
 
-async def direct(base_url: str, concurrency: int, seconds: float) -> None:
-    """`concurrency` callers making the worker's first-token call in a loop for `seconds`."""
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="not-needed", timeout=30.0, max_retries=2,
-                                http_client=openai.DefaultAioHttpClient(timeout=30.0))
-    body = {"model": "synthetic", "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20,
-            "messages": [{"role": "user", "content": f"Review: {TEXT}\nAnswer fresh or rotten:"}]}
-    deadline = time.monotonic() + seconds
-
-    async def caller() -> None:
-        while time.monotonic() < deadline:
-            await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
-
-    try:
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-    finally:
-        await client.close()
-
-
 def sweep(server: Server, slots: int, seconds: float) -> tuple[float, float, int]:
     """Direct generator over a range of concurrencies; (best throughput, lowest p95 within 95% of it, and the
     number of callers that gave that p95)."""
     rows = []
     for c in sorted({max(1, slots // 2), slots * 3 // 4, slots, slots + slots // 8, slots * 5 // 4, slots * 3 // 2,
                      slots * 2}):
-        asyncio.run(direct(server.base_url, c, seconds))
+        asyncio.run(direct(server.base_url, c, seconds, lambda _: TEXT))
         rate, p95 = server.window(seconds - 1.0)  # the first second is warm-up
         rows.append((c, rate, p95 or 0.0))
         print(f"    direct, {c:3d} callers: {rate:6.1f} calls/s, p95 {p95:6.0f} ms")
@@ -192,16 +172,15 @@ def handwritten_run(bench: Bench, server: Server, args: argparse.Namespace, best
     src, dst, group = f"hand-{tag}.in", f"hand-{tag}.out", f"hand-{tag}"
     asyncio.run(create_topics(bench.bootstrap, [src, dst]))
     asyncio.run(produce(bench.bootstrap, src, requests(int(best[0] * (args.seconds + 60)), "h")))
-    proc = bench.child(ChildProcess("handwritten", [
-        sys.executable, str(REPO / "bench" / "handwritten_consumer.py"), "--bootstrap", bench.bootstrap,
-        "--source", src, "--dest", dst, "--group", group, "--base-url", server.base_url, "--concurrency", "64"],
-        bench.workdir / f"hand-{tag}.log"))
+    log = bench.workdir / f"hand-{tag}.log"
+    proc = bench.child(handwritten(bench.bootstrap, src, dst, group, server.base_url, log))
     try:
         while server.window(5.0)[0] < 1.0:
             time.sleep(0.5)
         time.sleep(args.seconds)
         rate, p95 = server.window(args.seconds - 10.0)
-        print(f"  hand-written aiokafka + openai, 64 in flight, at {args.slots} slots ({load()}):")
+        print(f"  hand-written aiokafka + openai, {HANDWRITTEN_CONCURRENCY} in flight, at {args.slots} slots "
+              f"({load()}):")
         print(f"    {rate:6.1f} msg/s = {rate / best[0]:.1%} of the ceiling; p95 {p95:.0f} ms = "
               f"{(p95 or 0) / best[1]:.2f}x the ceiling's")
     finally:

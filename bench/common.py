@@ -1,4 +1,10 @@
-"""What the calibration benchmarks share: the scored items as arrays, the service's filter, seeded splits.
+"""What the benchmarks share, so that two scripts comparing the same things do it with the same code.
+
+Model-server benchmarks (`capacity.py`, `rate_limits.py`): the direct generator (the worker's first-token
+call through the same openai client, with no Kafka: the ceiling a server allows), optionally paced exactly at a
+rate-limited server's budgets, and the hand-written aiokafka + openai consumer as a process.
+
+Calibration benchmarks: the scored items as arrays, the service's filter, seeded splits.
 
 `calibration_eval.py` and `netcal_compare.py` must judge calibrators on exactly the same items and
 splits, so loading, filtering and splitting live here once. Items the service would never calibrate
@@ -11,15 +17,23 @@ scripts can be run (`--synthetic`) without the 25 minutes of model scoring.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import numpy as np
+import openai
 
 from streams.calibration.fitting import stratified_split
+from streams.localdev.processes import ChildProcess
+from streams.localdev.serving_limits import Budget
 from streams.tasks import Task, load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,3 +179,99 @@ def describe(scores: Scores) -> str:
         f"balance:    {balance}",
         f"raw accuracy (usable items, top label): {raw_acc:.4f}",
     ])
+
+
+# ------------------------------------------------------------------------------------------ model servers
+
+
+def first_token_body(text: str, model: str = "synthetic") -> dict[str, Any]:
+    """The worker's first-token call for the benchmarks' sentiment task (`tests.integration.harness.write_tasks`'
+    template as the last user message: what the synthetic model meters), as the direct generator and the
+    hand-written consumer send it."""
+    return {"model": model, "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20,
+            "messages": [{"role": "user", "content": f"Review: {text}\nAnswer fresh or rotten:"}]}
+
+
+def openai_client(base_url: str) -> openai.AsyncOpenAI:
+    """The openai client as the direct generator and the hand-written consumer use it: its default retries (2,
+    honouring `Retry-After`), a 30 s timeout, openai's own aiohttp transport (as the worker's)."""
+    return openai.AsyncOpenAI(base_url=base_url, api_key="not-needed", timeout=30.0, max_retries=2,
+                              http_client=openai.DefaultAioHttpClient(timeout=30.0))
+
+
+class ExactPacer:
+    """Calls released at exactly a rate-limited server's budgets: the server's own token buckets
+    (`streams.localdev.serving_limits.Budget`, same rates, same burst), fed each call's cost as the synthetic
+    model meters it (the words of the last user message plus `max_tokens`). A client knows neither in general:
+    this is the ceiling, not something the worker could copy. The pacer's buckets start empty where the server's
+    are full: a full bucket loses the refill it cannot hold, so a server that takes each call's cost when it
+    arrives, a little after the pacer took it, falls behind a pacer that started full and refuses its calls
+    (seen: one call in two). Started empty, the pacer stays a bucket behind the server and no paced call is
+    refused; it gives up the server's initial burst (one second of budget, in a run of minutes)."""
+
+    def __init__(self, rpm: float, tpm: float, burst_s: float) -> None:
+        self._budgets = [(Budget(limit, burst_s=burst_s), kind)
+                         for limit, kind in ((rpm, "requests"), (tpm, "tokens")) if limit]
+        for budget, _ in self._budgets:
+            budget.take(budget.capacity)
+        self._lock: asyncio.Lock | None = None
+
+    @staticmethod
+    def metered(body: dict[str, Any]) -> int:
+        return len(str(body["messages"][-1]["content"]).split()) + int(body.get("max_tokens") or 16)
+
+    async def __call__(self, body: dict[str, Any]) -> None:
+        """Until the call fits every budget (callers in arrival order), then take its cost."""
+        self._lock = self._lock or asyncio.Lock()
+        need = {"requests": 1, "tokens": self.metered(body)}
+        async with self._lock:
+            while True:
+                wait = max(b.wait_s(need[kind]) for b, kind in self._budgets)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            for b, kind in self._budgets:
+                b.take(need[kind])
+
+
+async def direct(base_url: str, callers: int, seconds: float, text: Callable[[int], str],
+                 pace: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> tuple[int, int]:
+    """The direct generator: `callers` callers making the worker's first-token call (for the i-th call, the
+    text `text(i)`) in a loop for `seconds`, each call first waiting for `pace` when given. No Kafka. Returns
+    (calls answered, calls that failed after the client's retries)."""
+    client = openai_client(base_url)
+    deadline = time.monotonic() + seconds
+    numbers = itertools.count()
+    answered = failed = 0
+
+    async def caller() -> None:
+        nonlocal answered, failed
+        while time.monotonic() < deadline:
+            body = first_token_body(text(next(numbers)))
+            if pace is not None:
+                await pace(body)
+                if time.monotonic() >= deadline:
+                    return
+            try:
+                await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
+                answered += 1
+            except openai.APIError:
+                failed += 1
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(callers)))
+    finally:
+        await client.close()
+    return answered, failed
+
+
+HANDWRITTEN_CONCURRENCY = 64
+"""The hand-written consumer's calls in flight: a number guessed once, as users do (the worker's maximum)."""
+
+
+def handwritten(bootstrap: str, source: str, dest: str, group: str, base_url: str, log_path: Path,
+                concurrency: int = HANDWRITTEN_CONCURRENCY) -> ChildProcess:
+    """`bench/handwritten_consumer.py` as a process (not started): what a user would write instead of the worker."""
+    return ChildProcess("handwritten", [
+        sys.executable, str(REPO / "bench" / "handwritten_consumer.py"), "--bootstrap", bootstrap, "--source", source,
+        "--dest", dest, "--group", group, "--base-url", base_url, "--concurrency", str(concurrency)], log_path)

@@ -4,11 +4,14 @@
         --base-url URL --model NAME [--concurrency 64]
 
 It consumes T1 as a member of group G; for each request it asks the model for one token with its top
-logprobs (the same body as `ModelClient.first_token`, through `openai.AsyncOpenAI` with its retries),
-renormalises over the two labels and produces a small JSON result to T2. Offsets are committed the way
-the worker commits them: only after every record of the batch has its output acknowledged by the broker.
-Up to `--concurrency` calls run at once, the usual semaphore: a number guessed once, as users do.
-`bench/capacity.py` runs it next to the worker against the same model server.
+logprobs (the same body as `ModelClient.first_token`, through `openai.AsyncOpenAI` with its default
+retries: 2, honouring the server's `Retry-After`), renormalises over the two labels and produces a small
+JSON result to T2. A call that still fails after the retries (a 429 from a rate-limited server, a timeout)
+produces `{"error": "<exception name>"}` as the result: the user's dead letter, the worker's review as
+`model_error`. Offsets are committed the way the worker commits them: only after every record of the batch
+has its output acknowledged by the broker. Up to `--concurrency` calls run at once, the usual semaphore: a
+number guessed once, as users do; no pacing. `bench/capacity.py` and `bench/rate_limits.py` run it next to
+the worker against the same model server.
 """
 
 from __future__ import annotations
@@ -17,20 +20,24 @@ import argparse
 import asyncio
 import math
 import signal
+import sys
+from pathlib import Path
 
 import httpx2
 import openai
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import first_token_body, openai_client
+
 LABELS = ("fresh", "rotten")
 
 
 async def classify(client: openai.AsyncOpenAI, model: str, text: str) -> dict[str, object]:
-    body = {"model": model, "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20,
-            "messages": [{"role": "user", "content": f"Review: {text}\nAnswer fresh or rotten:"}]}
     try:
-        resp = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
+        resp = await client.post("/chat/completions", body=first_token_body(text, model), cast_to=httpx2.Response)
     except openai.OpenAIError as exc:
         return {"error": type(exc).__name__}
     top = orjson.loads(resp.content)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
@@ -45,8 +52,7 @@ async def consume(args: argparse.Namespace) -> None:
         args.source, bootstrap_servers=args.bootstrap, group_id=args.group, enable_auto_commit=False,
         auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=600)
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=5)
-    client = openai.AsyncOpenAI(base_url=args.base_url, api_key="not-needed", timeout=30.0, max_retries=2,
-                                http_client=openai.DefaultAioHttpClient(timeout=30.0))
+    client = openai_client(args.base_url)
     gate = asyncio.Semaphore(args.concurrency)
     await producer.start()
     await consumer.start()
