@@ -375,7 +375,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAMS_TASKS_FILE", "tasks_file", "config/tasks.toml", PathValue(), "the task file"),
     Var("STREAMS_MAX_IN_FLIGHT", "max_in_flight", "64", Integer(1, 100_000),
         "requests a worker handles at once, and the most model calls it keeps in flight per endpoint; within "
-        "that, the endpoint's limit adapts to its latency and its 429/503 answers (`llm_classify_model_concurrency_limit`)"),
+        "that, the endpoint's limit adapts to its latency and its 429/503 answers "
+        "(`llm_classify_model_concurrency_limit`)"),
     Var("STREAMS_MIN_IN_FLIGHT", "min_in_flight", "4", Integer(1, 100_000),
         "the floor of each endpoint's adaptive in-flight limit (at most STREAMS_MAX_IN_FLIGHT): one call that "
         "never answers cannot hold every other; equal to STREAMS_MAX_IN_FLIGHT, a fixed limit"),
