@@ -34,6 +34,7 @@ import openai
 from streams.calibration.fitting import stratified_split
 from streams.localdev.processes import ChildProcess
 from streams.localdev.serving_limits import Budget
+from streams.localdev.synthetic_model import budget_cost, prompt_words
 from streams.tasks import Task, load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,14 +217,10 @@ class ExactPacer:
             budget.take(budget.capacity)
         self._lock: asyncio.Lock | None = None
 
-    @staticmethod
-    def metered(body: dict[str, Any]) -> int:
-        return len(str(body["messages"][-1]["content"]).split()) + int(body.get("max_tokens") or 16)
-
     async def __call__(self, body: dict[str, Any]) -> None:
         """Until the call fits every budget (callers in arrival order), then take its cost."""
         self._lock = self._lock or asyncio.Lock()
-        need = {"requests": 1, "tokens": self.metered(body)}
+        need = {"requests": 1, "tokens": budget_cost(prompt_words(body["messages"]), body)}
         async with self._lock:
             while True:
                 wait = max(b.wait_s(need[kind]) for b, kind in self._budgets)

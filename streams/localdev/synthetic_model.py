@@ -166,6 +166,18 @@ class PrefixCache:
         return min(hit, max(len(tokens) - 1, 0))
 
 
+def budget_cost(prompt_words: list[str], body: dict[str, Any]) -> int:
+    """Tokens a request costs a token budget, as OpenAI meters a rate limit: the prompt (the whitespace-separated
+    words of the last user message, `prompt_tokens`) plus the completion tokens asked for (`max_tokens`, 16 when
+    unset). A client pacing itself exactly (bench/common.py's `ExactPacer`) counts the same way."""
+    return len(prompt_words) + int(body.get("max_tokens") or 16)
+
+
+def prompt_words(messages: Any) -> list[str]:
+    """The prompt as the synthetic model counts it: the whitespace-separated words of the last user message."""
+    return _last_user_text(messages).split()
+
+
 def _last_user_text(messages: Any) -> str:
     """Text of the last user message; content may be a string or a list of OpenAI content parts."""
     for message in reversed(messages if isinstance(messages, list) else []):
@@ -355,10 +367,10 @@ class SyntheticModelServer:
             if body.get("stream"):
                 return _error(400, "invalid_request_error", "streaming is not supported")
             text = _last_user_text(body.get("messages"))
-            words = text.split()
+            words = text.split()  # `prompt_words`, from the text needed below anyway
             prompt_tokens = len(words)
-            if self._budgets:  # metered as OpenAI does: the prompt plus the completion tokens asked for
-                refused = self._over_budget(prompt_tokens + int(body.get("max_tokens") or 16))
+            if self._budgets:
+                refused = self._over_budget(budget_cost(words, body))
                 if refused is not None:
                     return refused
             if self._slots is not None:

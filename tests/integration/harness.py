@@ -318,27 +318,38 @@ async def drift_windows(bootstrap: str, topic: str) -> list[tuple[float, float]]
     return out
 
 
-def labelled_requests(n: int, tag: str, rng: random.Random, fresh_share: float = 0.8) -> list[tuple[bytes, bytes]]:
-    """n (key, value) requests for the one-task file, ids `tag`0.. , whose synthetic answer is fresh with
+def labelled_requests(n: int, rng: random.Random, fresh_share: float = 0.8) -> list[tuple[bytes, bytes]]:
+    """n (key, value) requests for the one-task file with random ids, whose synthetic answer is fresh with
     probability `fresh_share`."""
     out = []
-    for i in range(n):
-        rid = f"{tag}{i}"
+    for _ in range(n):
+        rid = f"d{rng.getrandbits(48):x}"
         label = "fresh" if rng.random() < fresh_share else "rotten"
         out.append((rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": f"[[label={label}]]"})))
     return out
 
 
-def baseline_from_traffic(worker: Worker, seconds: int, rng: random.Random, per_second: int = 150) -> None:
+def labelled_traffic(worker: Worker, seconds: float, fresh_share: float, rng: random.Random,
+                     per_second: int = 150) -> None:
+    """`per_second` `labelled_requests` a second, on the second, for `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run(produce(worker.bootstrap, worker.topic("requests"), labelled_requests(per_second, rng, fresh_share)))
+        time.sleep(max(0.0, 1.0 - (time.monotonic() % 1.0)))
+
+
+def drift_cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m streams drift ARGS` in the worker's environment, its output captured."""
+    return subprocess.run([sys.executable, "-m", "streams", "drift", *args], env=worker.env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def baseline_from_traffic(worker: Worker, seconds: int, rng: random.Random) -> None:
     """Run `worker` for `seconds` of ordinary traffic and publish its drift baseline from them (`drift baseline`),
     so that every later window of the task is judged."""
     with worker.process() as proc:
         wait_ready(proc)
-        for second in range(seconds):
-            run(produce(worker.bootstrap, worker.topic("requests"), labelled_requests(per_second, f"w{second}-", rng)))
-            time.sleep(1.0)
+        labelled_traffic(worker, seconds, 0.8, rng)
         time.sleep(1.5)  # the last partial summaries are flushed every second
-        baseline = subprocess.run([sys.executable, "-m", "streams", "drift", "baseline", "--task", "sentiment",
-                                   "--last-seconds", str(seconds)], env=worker.env, capture_output=True, text=True,
-                                  timeout=120)
+        baseline = drift_cli(worker, "baseline", "--task", "sentiment", "--last-seconds", str(seconds))
     assert baseline.returncode == 0, baseline.stdout + baseline.stderr

@@ -42,7 +42,7 @@ def test_every_partition_starts_at_once_and_drift_windows_close_on_time(broker: 
         baseline_from_traffic(worker, seconds=6, rng=rng)  # so that every closed window is judged
         # The worker is down while a deep backlog builds up on every partition.
         before = run(committed_offsets(worker.bootstrap, worker.app_id, requests, PARTITIONS))
-        assert run(produce(worker.bootstrap, requests, labelled_requests(BACKLOG, "b", rng))) == BACKLOG
+        assert run(produce(worker.bootstrap, requests, labelled_requests(BACKLOG, rng))) == BACKLOG
         with worker.process() as proc:
             started = time.time()
             first: dict[int, float] = {}

@@ -9,8 +9,6 @@ browser download). A missing browser fails the test, never skips it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams import schemas
 from streams.localdev.broker import EmbeddedBroker
 from streams.ops.screenshot import browser, chromium_path
-from tests.integration.harness import SyntheticModel, Worker, collect, produce, run, wait_ready
+from tests.integration.harness import SyntheticModel, Worker, collect, drift_cli, produce, run, wait_ready
 from tests.integration.test_ops import ops_tasks, wait_for
 
 DRIFT = """window_s = 2
@@ -109,9 +107,7 @@ def test_dashboard_plots_and_a_review_answered_in_the_browser(broker: EmbeddedBr
             wait_ready(proc)
             n = _traffic(worker, 4, 0)
             time.sleep(1.5)  # the last partial drift summaries are flushed every second
-            baseline = subprocess.run([sys.executable, "-m", "streams", "drift", "baseline", "--task", "sentiment",
-                                       "--last-seconds", "60"], env=worker.env, capture_output=True, text=True,
-                                      timeout=120)
+            baseline = drift_cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "60")
             assert baseline.returncode == 0, baseline.stdout + baseline.stderr
             _traffic(worker, 5, n)
             base = f"http://127.0.0.1:{worker.web_port}"

@@ -4,16 +4,21 @@ the canaries."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import orjson
-
 from streams import schemas
 from streams.localdev.broker import EmbeddedBroker
-from tests.integration.harness import SyntheticModel, Worker, collect, produce, run, wait_ready, write_tasks
+from tests.integration.harness import (
+    SyntheticModel,
+    Worker,
+    collect,
+    drift_cli,
+    labelled_traffic,
+    run,
+    wait_ready,
+    write_tasks,
+)
 
 
 def _tasks(workdir: Path, base_url: str, drift: str) -> Path:
@@ -22,43 +27,25 @@ def _tasks(workdir: Path, base_url: str, drift: str) -> Path:
     return path
 
 
-def _traffic(worker: Worker, seconds: float, fresh_share: float, rng: random.Random, per_second: int = 150) -> None:
-    """`per_second` requests a second whose model answer is fresh with probability `fresh_share`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        batch = []
-        for _ in range(per_second):
-            rid = f"d{rng.getrandbits(48):x}"
-            label = "fresh" if rng.random() < fresh_share else "rotten"
-            batch.append((rid.encode(), orjson.dumps({"id": rid, "task": "sentiment", "text": f"[[label={label}]]"})))
-        run(produce(worker.bootstrap, worker.topic("requests"), batch))
-        time.sleep(max(0.0, 1.0 - (time.monotonic() % 1.0)))
-
-
-def _cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams", "drift", *args], env=worker.env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_a_label_mix_shift_opens_exactly_one_data_drift_episode(broker: EmbeddedBroker, workdir: Path) -> None:
     rng = random.Random(5)
     with SyntheticModel(workdir) as model:
         worker = Worker(broker.bootstrap, _tasks(workdir, model.base_url, "window_s = 2\n"), workdir)
         with worker.process() as proc:
             wait_ready(proc)
-            _traffic(worker, 7, 0.8, rng)  # mix A: 80% fresh
+            labelled_traffic(worker, 7, 0.8, rng)  # mix A: 80% fresh
             time.sleep(1.5)  # the last partial summaries are flushed every second
-            baseline = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "6")
+            baseline = drift_cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "6")
             assert baseline.returncode == 0, baseline.stdout + baseline.stderr
             assert "published baseline" in baseline.stdout
             # About 1,000 messages: far below what the CUSUMs' bound needs, and the command says so.
             assert "warning: the baseline holds" in baseline.stderr, baseline.stderr
-            _traffic(worker, 6, 0.8, rng)  # still mix A: no alert
+            labelled_traffic(worker, 6, 0.8, rng)  # still mix A: no alert
             quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
-            _traffic(worker, 9, 0.5, rng)  # mix B: 50% fresh, a 30-point shift
+            labelled_traffic(worker, 9, 0.5, rng)  # mix B: 50% fresh, a 30-point shift
             alerts = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: len(g) >= 1,
                                  timeout_s=30, settle_s=4))
-            status = _cli(worker, "status", "--task", "sentiment")
+            status = drift_cli(worker, "status", "--task", "sentiment")
     assert quiet == [], f"no alert while traffic matches the baseline: {[a.json() for a in quiet]}"
     assert len(alerts) == 1, f"exactly one episode, not one alert per window: {[a.json() for a in alerts]}"
     alert = alerts[0].json()
@@ -80,7 +67,7 @@ def test_a_changed_model_trips_the_canaries_as_model_drift(broker: EmbeddedBroke
         worker = Worker(broker.bootstrap, _tasks(workdir, first.base_url, drift), workdir)
         with worker.process() as w:
             wait_ready(w)
-            proc = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "5")
+            proc = drift_cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "5")
             assert proc.returncode == 0 and "2 canary prompt(s)" in proc.stdout, proc.stdout + proc.stderr
             time.sleep(7)  # a few canary runs against the unchanged model
             quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
@@ -105,15 +92,15 @@ def test_a_slow_label_ramp_opens_exactly_one_data_drift_episode(broker: Embedded
         worker = Worker(broker.bootstrap, _tasks(workdir, model.base_url, "window_s = 2\n"), workdir)
         with worker.process() as proc:
             wait_ready(proc)
-            _traffic(worker, 10, 0.8, rng)  # baseline: 80% fresh
+            labelled_traffic(worker, 10, 0.8, rng)  # baseline: 80% fresh
             time.sleep(1.5)
-            baseline = _cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "9")
+            baseline = drift_cli(worker, "baseline", "--task", "sentiment", "--last-seconds", "9")
             assert baseline.returncode == 0, baseline.stdout + baseline.stderr
-            _traffic(worker, 8, 0.8, rng)  # the stationary prefix: four windows, no episode
+            labelled_traffic(worker, 8, 0.8, rng)  # the stationary prefix: four windows, no episode
             quiet = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=2))
             for second in range(24):  # 80% -> 56% fresh, one point a second (two a 2 s window)
-                _traffic(worker, 1, 0.8 - 0.01 * (second + 1), rng)
-            _traffic(worker, 4, 0.56, rng)  # and it stays there: still the same episode
+                labelled_traffic(worker, 1, 0.8 - 0.01 * (second + 1), rng)
+            labelled_traffic(worker, 4, 0.56, rng)  # and it stays there: still the same episode
             alerts = run(collect(broker.bootstrap, [worker.topic("alerts")], lambda g: False, timeout_s=5))
     assert quiet == [], f"no alert on the stationary prefix: {[a.json() for a in quiet]}"
     opened = [a.json() for a in alerts]
