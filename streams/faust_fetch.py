@@ -37,9 +37,9 @@ def fair_fetched_records(fetcher: Any, per_partition: int = PER_PARTITION) -> Fe
     """A drop-in for `fetcher.fetched_records` that takes at most `per_partition` records a partition.
 
     A `max_records` (Faust passes `broker_max_poll_records`, unset by default) lowers each partition's share,
-    not the poll's total. Partitions are visited in an order that rotates by one on every poll. A partition whose buffered
-    fetch holds an error is left for the next poll when records were already taken in this one, so the
-    error is raised with nothing taken and lost, as aiokafka's own method does.
+    not the poll's total. Partitions are visited in an order that rotates by one on every poll. A partition
+    whose buffered fetch holds an error is left for the next poll when records were already taken in this
+    one, so the error is raised with nothing taken and lost, as aiokafka's own method does.
     """
     original: FetchedRecords = fetcher.fetched_records
     turn = itertools.count()
