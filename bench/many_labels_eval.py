@@ -135,7 +135,12 @@ def score_missing(concurrency: int) -> None:
             if groups:  # names that share a first token cannot be scored by first tokens: leave the condition out
                 print(f"{codes}/{order}: skipped, answers share a first token ({how}): {groups}", file=sys.stderr)
                 continue
-            scored = asyncio.run(score(t, items, concurrency, ModelClient(120, 2)))
+
+            async def score_items(t: Task = t) -> list[dict[str, Any]]:
+                async with ModelClient(120, 2) as client:
+                    return await score(t, items, concurrency, client)
+
+            scored = asyncio.run(score_items())
             path = cache_path(codes, order)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(orjson.dumps([_compact(s, t.labels) for s in scored]))

@@ -157,10 +157,14 @@ def main(argv: list[str]) -> int:
             print(f"skipped {note}", file=sys.stderr)
         if len(skipped) > 10:
             print(f"... and {len(skipped) - 10} more skipped rows", file=sys.stderr)
-        client = ModelClient(settings.model_timeout_s, settings.model_max_retries)
-        # Self-consistency batches samples with n where the endpoint honours it: ask the endpoint first.
-        caps = asyncio.run(probe_endpoint(client, task.model)) if args.method == SELF_CONSISTENCY else None
-        scored = asyncio.run(score(task, rows, args.concurrency, client, args.method, caps))
+
+        async def score_rows() -> list[dict[str, Any]]:
+            async with ModelClient(settings.model_timeout_s, settings.model_max_retries) as client:
+                # Self-consistency batches samples with n where the endpoint honours it: ask the endpoint first.
+                caps = await probe_endpoint(client, task.model) if args.method == SELF_CONSISTENCY else None
+                return await score(task, rows, args.concurrency, client, args.method, caps)
+
+        scored = asyncio.run(score_rows())
         (args.out / "scores.jsonl").write_bytes(b"\n".join(orjson.dumps(s) for s in scored) + b"\n")
     kept, dropped = usable(scored, task)
     print(f"{len(kept)} of {len(scored)} labelled items usable; left out: {dropped}")

@@ -472,7 +472,14 @@ class ModelClient:
             raise _Trouble(ModelError("bad_response", f"unusable response: {exc}"[:300]),
                            True, retry_here=True) from None
 
+    async def __aenter__(self) -> ModelClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
+        """Close every endpoint's connection pool (left open, aiohttp warns of unclosed sessions at exit)."""
         for client in self._clients.values():
             await client.close()  # the probe clients share these connection pools
         self._clients.clear()

@@ -113,6 +113,7 @@ def test_calibrate_command_publishes_a_calibrator_that_a_running_worker_hot_relo
             print(proc.stdout)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert "published calibrator" in proc.stdout and "ECE" in proc.stdout
+            assert "Unclosed" not in proc.stderr, "the model client's connection pools are closed"
             assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             record = orjson.loads((out / "calibrator.json").read_bytes())
             run(produce(broker.bootstrap, worker.topic("requests"), [_request("after", "y [[label=fresh]]")]))
