@@ -55,10 +55,8 @@ clean:
 
 # Calibration benchmarks (bench/README.md). Their own venv: netcal needs torch, which the service never
 # does. torch is installed FIRST and pinned to the 2.13.0 CPU wheel; any other version would make pip
-# fetch gigabytes of CUDA wheels. [local] is there to score the Rotten Tomatoes snippets with the local
-# model when bench/rt_scores.py has no cached scores yet (about 25 minutes on 2 cores, once).
-# calibration_datasets.py (issue 19: three data sets, 20 splits, against netcal and the base rate) reads
-# the scores committed in bench/scores/ and takes 3-4 minutes.
+# fetch gigabytes of CUDA wheels. The three scripts read the model's scores committed in bench/scores/; [local]
+# is there to score afresh with the local model when a prompt edit changed their key (bench/dataset_scores.py).
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 TORCH ?= torch==2.13.0

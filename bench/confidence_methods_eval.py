@@ -344,9 +344,9 @@ def design(task: Task) -> int:
     """Replays first-token scores of snippets 2000-2599 (not the evaluation items) as sampling
     distributions at each temperature, to see which temperature lets the default rule meet the
     target; only the temperature is chosen here, the rule's parameters stay the defaults."""
-    from bench.rt_scores import rt_scores
+    from bench.dataset_scores import dataset_scores
 
-    recs = rt_scores(RT_N, RT_SEED)[2000:2600]  # the calibration benchmark's cached scores
+    recs = dataset_scores("rotten_tomatoes", RT_N, RT_SEED)[2000:2600]  # the calibration benchmark's scores
     p = np.array([r["raw_probabilities"][task.labels[0]] for r in recs if "raw_probabilities" in r])
     pol = task.confidence.self_consistency
     rule = sc.StoppingRule("posterior", pol.error_rate, pol.prior, pol.min_samples, BUDGET)
