@@ -155,8 +155,9 @@ def test_a_worker_killed_mid_stream_replays_outputs_that_the_client_yields_once(
         first = wait_ready(worker.process().start())
         restarted = worker.process()
 
+        yielded: Counter[str] = Counter()
+
         async def go() -> tuple[Counter[str], list[str]]:
-            yielded: Counter[str] = Counter()
             async with StreamsClient.from_settings(worker.settings) as client, \
                     client.outcomes(start="earliest") as stream:
                 ids = await client.publish_many(
@@ -176,7 +177,13 @@ def test_a_worker_killed_mid_stream_replays_outputs_that_the_client_yields_once(
             return yielded, ids
 
         try:
-            yielded, ids = run(go())
+            try:
+                yielded, ids = run(go())
+            except TimeoutError:  # a stall: say where it stood and what each worker logged last
+                raise AssertionError(
+                    f"{len(yielded)} of {n} ids yielded in 120 s (first worker alive: {first.alive()}, restarted "
+                    f"alive: {restarted.alive()})\n-- first worker:\n{first.tail(40)}\n-- restarted worker:\n"
+                    f"{restarted.tail(40)}") from None
             raw = run(collect(broker.bootstrap, outputs, lambda g: len({r.key for r in g}) >= n,
                               timeout_s=30, settle_s=1))
         finally:
